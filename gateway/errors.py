@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Errors are values: one exception type carrying the HTTP status, the error code of
+SPEC section 8 and a message for the client.
+
+Raise L{GatewayError} anywhere in the core; each HTTP API renders it in exactly one
+place (its own JSON shape).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.Enum):
+    """The error codes of API 1 (C{POST /topics/...}), SPEC section 8."""
+
+    InvalidPath = "InvalidPath"
+    InvalidTopic = "InvalidTopic"
+    InvalidQoS = "InvalidQoS"
+    InvalidRetained = "InvalidRetained"
+    InvalidParameter = "InvalidParameter"
+    UnsupportedProperty = "UnsupportedProperty"
+    PayloadTooLarge = "PayloadTooLarge"
+    HeadersTooLarge = "HeadersTooLarge"
+    Unauthorized = "Unauthorized"
+    Forbidden = "Forbidden"
+    MethodNotAllowed = "MethodNotAllowed"
+    RateLimited = "RateLimited"
+    BrokerUnavailable = "BrokerUnavailable"
+    BrokerRejected = "BrokerRejected"
+    InternalError = "InternalError"
+    # Beyond SPEC section 8: malformed HTTP and over-long request targets.
+    BadRequest = "BadRequest"
+    UriTooLong = "UriTooLong"
+
+    @property
+    def status(self) -> int:
+        """The HTTP status this code is sent with unless an error says otherwise."""
+        return _STATUS.get(self, 400)
+
+
+_STATUS = {
+    Code.PayloadTooLarge: 413,
+    Code.HeadersTooLarge: 431,
+    Code.Unauthorized: 401,
+    Code.Forbidden: 403,
+    Code.MethodNotAllowed: 405,
+    Code.RateLimited: 429,
+    Code.BrokerUnavailable: 503,
+    Code.BrokerRejected: 502,
+    Code.InternalError: 500,
+    Code.UriTooLong: 414,
+}
+
+
+class GatewayError(Exception):
+    """
+    A request the gateway refuses or cannot complete.
+
+    @ivar code: the error code.
+    @ivar status: the HTTP status (the code's status unless overridden, e.g. a
+        broker reason code mapped to 403).
+    @ivar message: a sentence for the client; never contains a password or payload.
+    @ivar retry_after: whole seconds for a C{Retry-After} header, or C{None}.
+    @ivar headers: further response headers (e.g. C{Allow}, C{WWW-Authenticate}).
+    @ivar parameter: the request parameter at fault, when there is one.
+    """
+
+    def __init__(
+        self,
+        code: Code,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: int | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        parameter: str | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.status = code.status if status is None else status
+        self.retry_after = retry_after
+        self.headers = headers
+        self.parameter = parameter
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.code.name}, {self.status}, {self.message!r})"
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """
+        The headers an HTTP response carrying this error must have.
+        """
+        headers = list(self.headers)
+        if self.retry_after is not None:
+            headers.append(("Retry-After", str(max(1, self.retry_after))))
+        return headers
+
+
+def broker_unavailable(message: str, retry_after: int = 1) -> GatewayError:
+    """
+    The broker could not be reached or did not acknowledge in time (503).
+    """
+    return GatewayError(Code.BrokerUnavailable, message, retry_after=retry_after)
+
+
+# MQTT 5 reason codes (PUBACK/PUBREC/PUBCOMP/CONNACK) and what they mean to an HTTP
+# client, SPEC section 7.
+_REASON_CODES: dict[int, tuple[Code, int, str]] = {
+    0x87: (Code.Forbidden, 403, "the broker did not authorize this publish"),
+    0x90: (Code.InvalidTopic, 400, "the broker refused the topic name"),
+    0x99: (Code.InvalidParameter, 400, "the broker refused the payload format"),
+    0x95: (Code.PayloadTooLarge, 413, "the broker refused the packet as too large"),
+    0x97: (Code.RateLimited, 429, "the broker's quota is exceeded"),
+}
+
+
+def from_reason_code(reason_code: int) -> GatewayError:
+    """
+    The error for a broker's failure reason code (>= 0x80) on a publish.
+    """
+    code, status, message = _REASON_CODES.get(
+        reason_code,
+        (Code.BrokerRejected, 502, "the broker refused the message"),
+    )
+    retry_after = 1 if status == 429 else None
+    return GatewayError(
+        code,
+        f"{message} (reason code 0x{reason_code:02X})",
+        status=status,
+        retry_after=retry_after,
+    )

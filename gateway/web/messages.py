@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.test_web_server -*-
+"""
+The request and response values the API adapters work on.
+
+They are plain values so that the adapters are independent of the HTTP server that
+parses the bytes and of the transport (plain TCP or TLS) under it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class HTTPRequest:
+    """
+    One parsed HTTP request.
+
+    @ivar method: the method, e.g. C{"POST"}.
+    @ivar path: the raw (still percent-encoded) path of the request target.
+    @ivar query: the raw query string (without C{?}), C{b""} when absent.
+    @ivar headers: header names lower-cased, values as sent, in order.
+    @ivar body: the complete body (chunked bodies already decoded).
+    @ivar http_version: C{"1.0"} or C{"1.1"}.
+    @ivar connection_id: an id unique to the TCP connection, stable across the
+        requests it carries.
+    @ivar peer: the client's address, C{"host:port"}.
+    @ivar peer_certificate: the verified client certificate (a
+        C{cryptography.x509.Certificate}) on TLS connections that presented one.
+    @ivar keep_alive: whether the connection stays open after the response.
+    """
+
+    method: str
+    path: bytes
+    query: bytes = b""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+    http_version: str = "1.1"
+    connection_id: str = ""
+    peer: str = ""
+    peer_certificate: Any = None
+    keep_alive: bool = True
+
+    def header(self, name: bytes) -> bytes | None:
+        """
+        The value of the first header called C{name} (lower case), or C{None}.
+        """
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@attrs.frozen
+class AccessLogFields:
+    """
+    What an adapter adds to the access log line of its request.
+    """
+
+    client_id: str | None = None
+    user: str | None = None
+    message_id: str | None = None
+
+
+@attrs.frozen
+class HTTPResponse:
+    """
+    A complete HTTP response.
+
+    The server adds C{Content-Length}, C{Date}, C{Server} and C{Connection}.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    log: AccessLogFields = AccessLogFields()
