@@ -1,0 +1,49 @@
+# -*- test-case-name: tests.test_mqtt_publisher -*-
+"""
+The shared publisher: every message goes out over the gateway's own broker session
+(C{[auth] mode = "gateway"}).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from gateway.interfaces import IPublisher
+from gateway.model import Identity, Message, PublishResult
+from gateway.mqtt.session import BrokerSession
+
+
+def sender_properties(identity: Identity) -> tuple[tuple[str, str], ...]:
+    """
+    The MQTT 5 user properties that tell subscribers who sent a message:
+    C{http-client-id}, and C{http-username} when the sender has a user name.
+    """
+    if identity.username is None:
+        return (("http-client-id", identity.client_id),)
+    return (
+        ("http-client-id", identity.client_id),
+        ("http-username", identity.username),
+    )
+
+
+@implementer(IPublisher)
+class SharedPublisher:
+    """
+    Publishes every sender's messages over one L{BrokerSession}, appending the
+    sender's identity as user properties (after the sender's own, omitted on
+    MQTT 3.1.1). The session is a service of its own, started and stopped by the
+    service tree.
+    """
+
+    def __init__(self, session: BrokerSession) -> None:
+        self.session = session
+
+    @property
+    def connected(self) -> bool:
+        """C{True} while the broker session is up."""
+        return self.session.connected
+
+    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
+        """Send C{message} for C{identity}; see L{IPublisher.publish}."""
+        return self.session.publish(message, sender_properties(identity))

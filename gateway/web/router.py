@@ -1,0 +1,34 @@
+# -*- test-case-name: tests.test_web_topics -*-
+"""
+Which API answers a request, decided by its path alone.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from gateway.errors import Code, GatewayError
+from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.topics import TOPICS_PREFIX, TopicsAPI, error_response
+
+
+class Router:
+    """
+    The device-facing request handler: C{/topics/...} goes to API 1; any other
+    path is a 400 C{InvalidPath}.
+    """
+
+    def __init__(self, topics: TopicsAPI) -> None:
+        self.topics = topics
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
+        """Answer C{request} with the API its path names."""
+        if request.path.startswith(TOPICS_PREFIX):
+            return self.topics.handle(request)
+        return self.render_error(
+            request, GatewayError(Code.InvalidPath, "incorrect URL path")
+        )
+
+    def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+        """Render an error in the shape of the API the path names."""
+        return error_response(error, AccessLogFields())

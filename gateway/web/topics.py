@@ -1,0 +1,297 @@
+# -*- test-case-name: tests.test_web_topics -*-
+"""
+API 1: C{POST /topics/{topic}?qos=&retained=&...} (Tencent TDMQ style).
+
+L{parse_publish} turns a request into a L{Message} and the sender's claimed ids,
+without I/O; L{TopicsAPI} hands them to the core and renders the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from gateway.errors import Code, GatewayError
+from gateway.model import Identity, Message, PublishResult
+from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+
+TOPICS_PREFIX = b"/topics/"
+MAX_STRING = 65535
+MAX_U32 = 4294967295
+_JSON = (("Content-Type", "application/json"),)
+
+
+@attrs.frozen
+class PublishRequest:
+    """
+    What a C{POST /topics/...} asks for.
+
+    @ivar client_id: the C{client_id} parameter, C{None} when absent.
+    @ivar username: the C{username} parameter, C{None} when absent.
+    """
+
+    message: Message
+    client_id: str | None = None
+    username: str | None = None
+
+
+def _invalid(name: str, why: str, code: Code = Code.InvalidParameter) -> GatewayError:
+    return GatewayError(code, f"invalid parameter {name!r}: {why}", parameter=name)
+
+
+def _decode(raw: bytes, what: str, code: Code = Code.InvalidParameter) -> str:
+    try:
+        text = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid(what, "not UTF-8", code) from None
+    if "\x00" in text:
+        raise _invalid(what, "contains U+0000", code)
+    return text
+
+
+def parse_topic(path: bytes) -> str:
+    """
+    The topic named by a C{/topics/...} path: percent-decoded UTF-8, not empty, no
+    wildcards, no U+0000, at most 65535 bytes.
+
+    @raise GatewayError: C{InvalidTopic}.
+    """
+    raw = path[len(TOPICS_PREFIX) :]
+    try:
+        topic_bytes = unquote_to_bytes(raw)
+        topic = topic_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GatewayError(Code.InvalidTopic, "the topic is not valid UTF-8") from None
+    if not topic:
+        raise GatewayError(Code.InvalidTopic, "the topic is empty")
+    if "+" in topic or "#" in topic:
+        raise GatewayError(
+            Code.InvalidTopic, "a topic to publish to cannot contain '+' or '#'"
+        )
+    if "\x00" in topic:
+        raise GatewayError(Code.InvalidTopic, "the topic contains U+0000")
+    if len(topic_bytes) > MAX_STRING:
+        raise GatewayError(Code.InvalidTopic, "the topic is longer than 65535 bytes")
+    return topic
+
+
+def parse_query(query: bytes) -> dict[str, tuple[str, str]]:
+    """
+    The query string's parameters: lower-cased name -> (name as sent, value).
+    Values are percent-decoded UTF-8 (C{+} is a space, as in every query string).
+
+    @raise GatewayError: C{InvalidParameter} for a parameter given twice or not
+        UTF-8.
+    """
+    params: dict[str, tuple[str, str]] = {}
+    if not query:
+        return params
+    for field in query.replace(b"+", b" ").split(b"&"):
+        if not field:
+            continue
+        raw_name, _, raw_value = field.partition(b"=")
+        name = _decode(raw_name, "name")
+        key = name.lower()
+        if key in params:
+            raise _invalid(name, "given more than once")
+        params[key] = (name, _decode(raw_value, name))
+    return params
+
+
+def _string(name: str, value: str) -> str:
+    if len(value.encode("utf-8")) > MAX_STRING:
+        raise _invalid(name, "longer than 65535 bytes")
+    return value
+
+
+def _qos(name: str, value: str) -> int:
+    if value not in ("0", "1", "2"):
+        raise _invalid(name, "must be 0, 1 or 2", Code.InvalidQoS)
+    return int(value)
+
+
+def _retained(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise _invalid(name, "must be true or false", Code.InvalidRetained)
+    return lowered == "true"
+
+
+def _client_id(name: str, value: str) -> str:
+    if not value:
+        raise _invalid(name, "must not be empty")
+    return _string(name, value)
+
+
+def _response_topic(name: str, value: str) -> str:
+    if not value:
+        raise _invalid(name, "must not be empty")
+    if "+" in value or "#" in value:
+        raise _invalid(name, "a response topic cannot contain '+' or '#'")
+    return _string(name, value)
+
+
+def _integer(name: str, value: str, low: int, high: int) -> int:
+    if not value.isdigit() or not value.isascii():
+        raise _invalid(name, f"must be an integer from {low} to {high}")
+    number = int(value)
+    if not low <= number <= high:
+        raise _invalid(name, f"must be an integer from {low} to {high}")
+    return number
+
+
+# lower-cased parameter name -> (Message/PublishRequest field, parser)
+_PARAMETERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "qos": ("qos", _qos),
+    "retained": ("retain", _retained),
+    "client_id": ("client_id", _client_id),
+    "username": ("username", _string),
+    "responsetopic": ("response_topic", _response_topic),
+    "correlationdata": ("correlation_data", lambda n, v: _string(n, v).encode()),
+    "contenttype": ("content_type", _string),
+    "payloadformatindicator": (
+        "payload_format_indicator",
+        lambda n, v: _integer(n, v, 0, 1),
+    ),
+    "messageexpiryinterval": (
+        "message_expiry_interval",
+        lambda n, v: _integer(n, v, 0, MAX_U32),
+    ),
+}
+_USER_PROPERTY = "userprop."
+
+
+def _user_properties(
+    found: dict[int, dict[str, str]], names: dict[int, str]
+) -> tuple[tuple[str, str], ...]:
+    properties = []
+    for index in sorted(found):
+        pair = found[index]
+        if "key" not in pair or "value" not in pair:
+            missing = "Value" if "key" in pair else "Key"
+            raise _invalid(names[index], f"UserProp.{index}.{missing} is missing")
+        properties.append((pair["key"], pair["value"]))
+    return tuple(properties)
+
+
+def parse_publish(request: HTTPRequest) -> PublishRequest:
+    """
+    Read a C{POST /topics/...} request (SPEC section 4) into a L{PublishRequest}.
+
+    Parameters come from the query string only, names matched case-insensitively;
+    the body is the payload byte for byte.
+
+    @raise GatewayError: 400 with the code of the first problem found.
+    """
+    topic = parse_topic(request.path)
+    fields: dict[str, Any] = {}
+    user_found: dict[int, dict[str, str]] = {}
+    user_names: dict[int, str] = {}
+    for key, (name, value) in parse_query(request.query).items():
+        known = _PARAMETERS.get(key)
+        if known is not None:
+            field, parse = known
+            fields[field] = parse(name, value)
+            continue
+        if key.startswith(_USER_PROPERTY):
+            index, _, part = key[len(_USER_PROPERTY) :].partition(".")
+            valid_index = index.isdigit() and index.isascii() and int(index) > 0
+            if valid_index and part in ("key", "value"):
+                user_found.setdefault(int(index), {})[part] = _string(name, value)
+                user_names[int(index)] = name
+                continue
+        raise _invalid(name, "unknown parameter")
+    client_id = fields.pop("client_id", None)
+    username = fields.pop("username", None)
+    if fields.get("payload_format_indicator") == 1:
+        try:
+            request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _invalid(
+                "PayloadFormatIndicator", "1 declares a UTF-8 payload; the body is not"
+            ) from None
+    message = Message(
+        topic=topic,
+        payload=request.body,
+        user_properties=_user_properties(user_found, user_names),
+        **fields,
+    )
+    return PublishRequest(message, client_id, username)
+
+
+def error_response(error: GatewayError, log: AccessLogFields) -> HTTPResponse:
+    """
+    The one rendering of an API 1 error: JSON C{{"code", "message",
+    "request_id"}} with the error's status and headers.
+    """
+    body = json.dumps(
+        {
+            "code": error.code.value,
+            "message": error.message,
+            "request_id": uuid.uuid4().hex,
+        }
+    ).encode()
+    return HTTPResponse(
+        status=error.status,
+        headers=_JSON + tuple(error.response_headers()),
+        body=body,
+        log=log,
+    )
+
+
+class TopicsAPI:
+    """
+    The adapter of API 1: request in, response out, the core in between.
+
+    @ivar publish: the core's entry point, C{(identity, message) -> Deferred}.
+    """
+
+    def __init__(
+        self, publish: Callable[[Identity, Message], Deferred[PublishResult]]
+    ) -> None:
+        self.publish = publish
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
+        """Answer one request to C{/topics/...}."""
+        if request.method != "POST":
+            return error_response(
+                GatewayError(
+                    Code.MethodNotAllowed,
+                    f"{request.method} is not allowed here; use POST",
+                    headers=(("Allow", "POST"),),
+                ),
+                AccessLogFields(),
+            )
+        try:
+            asked = parse_publish(request)
+        except GatewayError as e:
+            return error_response(e, AccessLogFields())
+        identity = Identity(
+            client_id=asked.client_id or f"http-{request.connection_id}",
+            username=asked.username,
+            peer=request.peer,
+        )
+        log = AccessLogFields(client_id=identity.client_id, user=identity.username)
+
+        def done(result: PublishResult) -> HTTPResponse:
+            return HTTPResponse(
+                status=200,
+                headers=(("X-Message-Id", result.message_id),),
+                log=attrs.evolve(log, message_id=result.message_id),
+            )
+
+        def failed(failure: Any) -> HTTPResponse:
+            failure.trap(GatewayError)
+            return error_response(failure.value, log)
+
+        return self.publish(identity, asked.message).addCallbacks(done, failed)
+
+    def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+        """Render an error the HTTP server found before this adapter ran."""
+        return error_response(error, AccessLogFields())

@@ -1,0 +1,451 @@
+"""
+The gateway's broker session (SPEC section 7), driven deterministically: a fake
+broker answers over StringTransports and a Clock stands in for time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from gateway.errors import Code, GatewayError
+from gateway.model import Identity, Message, PublishResult
+from gateway.mqtt import codec
+from gateway.mqtt.protocol import MQTTClientProtocol
+from gateway.mqtt.publisher import SharedPublisher
+from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    """An endpoint whose connection attempts the test answers by hand."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[IProtocolFactory, Deferred[Any]]] = []
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+
+class FakeBroker:
+    """The broker's end of one connection: reads what the client wrote."""
+
+    def __init__(self, endpoint: FakeEndpoint) -> None:
+        factory, d = endpoint.attempts[-1]
+        self.protocol: MQTTClientProtocol = factory.buildProtocol(None)  # type: ignore[arg-type,assignment]
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.decoder = codec.Decoder(codec.MQTT_5)
+        d.callback(self.protocol)
+        [connect] = self.received()
+        assert isinstance(connect, codec.Connect)
+        self.connect: codec.Connect = connect
+        self.decoder.protocol_level = self.connect.protocol_level
+
+    def received(self) -> list[codec.Packet]:
+        data = self.transport.value()
+        self.transport.clear()
+        return self.decoder.feed(data)
+
+    def send(self, *packets: codec.Packet) -> None:
+        for packet in packets:
+            self.protocol.dataReceived(
+                codec.encode(packet, self.connect.protocol_level)
+            )
+
+    def accept(self, session_present: bool = False, **properties: Any) -> None:
+        self.send(
+            codec.Connack(
+                session_present=session_present,
+                properties=codec.Properties(**properties),
+            )
+        )
+
+    def drop(self) -> None:
+        self.transport.loseConnection()
+        self.protocol.connectionLost(Failure(ConnectionLost()))
+
+
+ME = Identity(client_id="dev-1", username="alice")
+SENDER = (("http-client-id", "dev-1"), ("http-username", "alice"))
+
+
+class SessionTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoints = [FakeEndpoint(), FakeEndpoint()]
+
+    def start(self, protocol: str = "auto", **kw: Any) -> BrokerSession:
+        kw.setdefault("retry_policy", lambda attempt: 2.0**attempt)
+        session = BrokerSession(
+            [
+                Broker("mqtt://a", self.endpoints[0]),
+                Broker("mqtt://b", self.endpoints[1]),
+            ],
+            SessionSettings(client_id="gw", protocol=protocol, keepalive=10),
+            clock=self.clock,
+            **kw,
+        )
+        session.startService()
+        self.addCleanup(session.stopService)
+        self.publisher = SharedPublisher(session)
+        return session
+
+    def publish(self, qos: int = 1, **kw: Any) -> Deferred[PublishResult]:
+        return self.publisher.publish(
+            Message(topic="t", payload=b"p", qos=qos, **kw), ME
+        )
+
+    def connected(self, index: int = 0, **properties: Any) -> FakeBroker:
+        broker = FakeBroker(self.endpoints[index])
+        broker.accept(**properties)
+        return broker
+
+    def assertFailsWith(
+        self, d: Deferred[Any], status: int, code: Code
+    ) -> GatewayError:
+        error: GatewayError = self.failureResultOf(d, GatewayError).value
+        self.assertEqual((error.status, error.code), (status, code), error.message)
+        return error
+
+
+class HandshakeTests(SessionTestCase):
+    def test_connect_packet(self) -> None:
+        """The first CONNECT is MQTT 5 with a clean start and a session expiry."""
+        self.start()
+        broker = FakeBroker(self.endpoints[0])
+        self.assertEqual(
+            broker.connect,
+            codec.Connect(
+                client_id="gw",
+                protocol_level=5,
+                clean_start=True,
+                keepalive=10,
+                properties=codec.Properties(session_expiry_interval=300),
+            ),
+        )
+
+    def test_publish_waits_for_connack(self) -> None:
+        """A message sent before the session is up goes out after CONNACK."""
+        session = self.start()
+        d = self.publish()
+        broker = FakeBroker(self.endpoints[0])
+        self.assertEqual(broker.received(), [])
+        self.assertNoResult(d)
+        broker.accept()
+        self.assertTrue(session.connected)
+        [packet] = broker.received()
+        self.assertEqual(
+            packet,
+            codec.Publish(
+                "t",
+                b"p",
+                qos=1,
+                packet_id=1,
+                properties=codec.Properties(user_properties=SENDER),
+            ),
+        )
+
+    def test_fallback_when_closed(self) -> None:
+        """A broker that closes the connection on an MQTT 5 CONNECT is asked again
+        at once in MQTT 3.1.1; MQTT 5 properties are then refused, not dropped."""
+        session = self.start()
+        FakeBroker(self.endpoints[0]).drop()
+        broker = FakeBroker(self.endpoints[0])
+        self.assertEqual(broker.connect.protocol_level, 4)
+        broker.accept()
+        self.assertEqual(session.protocol_level, 4)
+        plain = self.publish()
+        fancy = self.publish(content_type="text/plain")
+        [packet] = broker.received()
+        self.assertEqual(packet, codec.Publish("t", b"p", qos=1, packet_id=1))
+        self.assertFailsWith(fancy, 400, Code.UnsupportedProperty)
+        broker.send(codec.PubAck(1))
+        self.assertEqual(self.successResultOf(plain).reason_code, 0)
+
+    def test_fallback_when_silent(self) -> None:
+        """A broker that never answers an MQTT 5 CONNECT (amqtt) is asked in
+        MQTT 3.1.1 after the CONNACK timeout."""
+        self.start()
+        first = FakeBroker(self.endpoints[0])
+        self.clock.advance(5)
+        self.assertTrue(first.transport.disconnecting)
+        self.assertEqual(FakeBroker(self.endpoints[0]).connect.protocol_level, 4)
+
+    def test_fallback_on_311_connack(self) -> None:
+        """A 3.1.1 broker's refusal (return code 1) leads to a 3.1.1 CONNECT."""
+        self.start()
+        first = FakeBroker(self.endpoints[0])
+        first.protocol.dataReceived(b"\x20\x02\x00\x01")
+        self.assertEqual(FakeBroker(self.endpoints[0]).connect.protocol_level, 4)
+
+    def test_no_fallback_when_fixed(self) -> None:
+        """With protocol = "5" a refusal is a failed attempt, not a fallback."""
+        self.start(protocol="5")
+        FakeBroker(self.endpoints[0]).drop()
+        self.assertEqual(len(self.endpoints[0].attempts), 1)
+        self.assertEqual(len(self.endpoints[1].attempts), 0)
+        self.clock.advance(2)
+        self.assertEqual(len(self.endpoints[1].attempts), 1)
+
+    def test_refused_credentials(self) -> None:
+        """CONNACK 0x86 is a failed attempt: back off, try the next broker."""
+        self.start(protocol="5")
+        refused = FakeBroker(self.endpoints[0])
+        refused.send(codec.Connack(reason_code=0x86))
+        self.assertTrue(refused.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertEqual(len(self.endpoints[1].attempts), 1)
+
+
+class DeliveryTests(SessionTestCase):
+    def test_qos1(self) -> None:
+        """QoS 1 answers only after PUBACK; 0x10 (no subscribers) is success."""
+        self.start()
+        broker = self.connected()
+        d = self.publish()
+        broker.received()
+        self.assertNoResult(d)
+        broker.send(codec.PubAck(1, reason_code=0x10))
+        result = self.successResultOf(d)
+        self.assertEqual(result.reason_code, 0x10)
+        self.assertRegex(result.message_id, "^[0-9A-F]{32}$")
+
+    def test_qos2(self) -> None:
+        """QoS 2 answers after PUBREC, PUBREL, PUBCOMP."""
+        self.start()
+        broker = self.connected()
+        d = self.publish(qos=2)
+        [publish] = broker.received()
+        assert isinstance(publish, codec.Publish)
+        self.assertEqual(publish.qos, 2)
+        broker.send(codec.PubRec(1))
+        self.assertEqual(broker.received(), [codec.PubRel(1)])
+        self.assertNoResult(d)
+        broker.send(codec.PubComp(1))
+        self.successResultOf(d)
+
+    def test_qos0(self) -> None:
+        """QoS 0 answers once written to a connected session."""
+        self.start()
+        d = self.publish(qos=0)
+        self.assertNoResult(d)
+        broker = self.connected()
+        self.successResultOf(d)
+        [packet] = broker.received()
+        assert isinstance(packet, codec.Publish)
+        self.assertEqual((packet.qos, packet.packet_id), (0, None))
+
+    def test_reason_codes(self) -> None:
+        """Broker refusals map to HTTP statuses (SPEC 7)."""
+        self.start()
+        broker = self.connected()
+        cases = [
+            (0x87, 403, Code.Forbidden),
+            (0x90, 400, Code.InvalidTopic),
+            (0x99, 400, Code.InvalidParameter),
+            (0x95, 413, Code.PayloadTooLarge),
+            (0x97, 429, Code.RateLimited),
+            (0x80, 502, Code.BrokerRejected),
+        ]
+        for packet_id, (reason, status, code) in enumerate(cases, 1):
+            d = self.publish()
+            broker.send(codec.PubAck(packet_id, reason_code=reason))
+            self.assertFailsWith(d, status, code)
+
+    def test_qos2_refused_at_pubrec(self) -> None:
+        """A PUBREC failure code ends a QoS 2 message: no PUBREL."""
+        self.start()
+        broker = self.connected()
+        d = self.publish(qos=2)
+        broker.received()
+        broker.send(codec.PubRec(1, reason_code=0x87))
+        self.assertFailsWith(d, 403, Code.Forbidden)
+        self.assertEqual(broker.received(), [])
+
+    def test_timeout(self) -> None:
+        """No acknowledgement within publish_timeout: 503 with Retry-After."""
+        self.start(publish_timeout=10)
+        self.connected()
+        d = self.publish()
+        self.clock.advance(9.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        error = self.assertFailsWith(d, 503, Code.BrokerUnavailable)
+        self.assertEqual(error.response_headers(), [("Retry-After", "1")])
+
+    def test_late_ack_after_timeout(self) -> None:
+        """A PUBACK after the timeout frees the window and raises nothing."""
+        session = self.start(publish_timeout=1)
+        broker = self.connected()
+        d = self.publish()
+        self.clock.advance(1)
+        self.failureResultOf(d, GatewayError)
+        self.assertEqual(session.inflight_count, 1)
+        broker.send(codec.PubAck(1))
+        self.assertEqual(session.inflight_count, 0)
+
+
+class LimitTests(SessionTestCase):
+    def test_receive_maximum(self) -> None:
+        """No more than Receive Maximum messages in flight; the rest queue."""
+        session = self.start()
+        broker = self.connected(receive_maximum=2)
+        ds = [self.publish() for _ in range(3)]
+        self.assertEqual(len(broker.received()), 2)
+        self.assertEqual((session.inflight_count, session.queued_count), (2, 1))
+        broker.send(codec.PubAck(1))
+        self.successResultOf(ds[0])
+        [third] = broker.received()
+        assert isinstance(third, codec.Publish)
+        self.assertEqual(third.packet_id, 3)
+
+    def test_queue_bound(self) -> None:
+        """Beyond the queue bound a message is refused at once with 503."""
+        session = self.start(max_queue=2)
+        waiting = [self.publish(), self.publish()]
+        self.assertFailsWith(self.publish(), 503, Code.BrokerUnavailable)
+        session.stopService()
+        for d in waiting:
+            self.assertFailsWith(d, 503, Code.BrokerUnavailable)
+
+    def test_broker_limits(self) -> None:
+        """Maximum QoS, Retain Available and Maximum Packet Size are honoured."""
+        self.start()
+        broker = self.connected(
+            maximum_qos=1, retain_available=0, maximum_packet_size=64
+        )
+        self.assertFailsWith(self.publish(qos=2), 400, Code.InvalidQoS)
+        self.assertFailsWith(self.publish(retain=True), 400, Code.InvalidRetained)
+        big = self.publisher.publish(Message("t", b"x" * 100), ME)
+        self.assertFailsWith(big, 413, Code.PayloadTooLarge)
+        self.assertEqual(broker.received(), [])
+
+    def test_packet_ids_skip_inflight(self) -> None:
+        """Packet ids wrap at 65535 and never reuse one still in flight."""
+        session = self.start()
+        broker = self.connected()
+        session._next_packet_id = 65535
+        self.publish()
+        self.publish()
+        ids = [p.packet_id for p in broker.received()]  # type: ignore[union-attr]
+        self.assertEqual(ids, [65535, 1])
+
+
+class ReconnectTests(SessionTestCase):
+    def test_retransmit_with_dup(self) -> None:
+        """After a reconnect to a kept session, unacknowledged QoS 1 messages are
+        sent again with DUP, a released QoS 2 message gets its PUBREL again."""
+        session = self.start()
+        broker = self.connected()
+        one = self.publish()
+        two = self.publish(qos=2)
+        broker.received()
+        broker.send(codec.PubRec(2))
+        broker.drop()
+        self.assertFalse(session.connected)
+        # Requests arriving now wait for the reconnect rather than fail.
+        three = self.publish()
+        self.assertNoResult(three)
+        self.clock.advance(1)
+        again = FakeBroker(self.endpoints[0])
+        self.assertFalse(again.connect.clean_start)
+        again.accept(session_present=True)
+        packets = again.received()
+        self.assertEqual(
+            packets[:2],
+            [
+                codec.Publish(
+                    "t",
+                    b"p",
+                    qos=1,
+                    dup=True,
+                    packet_id=1,
+                    properties=codec.Properties(user_properties=SENDER),
+                ),
+                codec.PubRel(2),
+            ],
+        )
+        again.send(codec.PubAck(1), codec.PubComp(2), codec.PubAck(3))
+        for d in (one, two, three):
+            self.successResultOf(d)
+
+    def test_new_session_resends_as_new(self) -> None:
+        """When the broker lost the session, unacknowledged messages go out again
+        as new messages (no DUP) and a released QoS 2 message counts as taken."""
+        self.start()
+        broker = self.connected()
+        one = self.publish()
+        two = self.publish(qos=2)
+        broker.received()
+        broker.send(codec.PubRec(2))
+        broker.drop()
+        self.clock.advance(1)
+        again = self.connected(session_present=False)
+        self.successResultOf(two)
+        [packet] = again.received()
+        assert isinstance(packet, codec.Publish)
+        self.assertEqual((packet.packet_id, packet.dup), (1, False))
+        again.send(codec.PubAck(1))
+        self.successResultOf(one)
+
+    def test_unreachable(self) -> None:
+        """When a connection attempt fails, waiting requests get 503 with the time
+        to the next attempt, new ones are refused at once, and the next attempt
+        goes to the next broker with a longer back-off."""
+        self.start(protocol="5")
+        waiting = self.publish()
+        self.endpoints[0].attempts[0][1].errback(ConnectionRefusedError())
+        error = self.assertFailsWith(waiting, 503, Code.BrokerUnavailable)
+        self.assertEqual(error.retry_after, 2)
+        self.assertFailsWith(self.publish(), 503, Code.BrokerUnavailable)
+        self.clock.advance(2)
+        self.endpoints[1].attempts[0][1].errback(ConnectionRefusedError())
+        self.clock.advance(3.9)
+        self.assertEqual(len(self.endpoints[0].attempts), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.endpoints[0].attempts), 2)
+        self.connected(0)
+        d = self.publish()
+        self.assertNoResult(d)
+
+    def test_stop(self) -> None:
+        """Stopping fails what waits with 503 and DISCONNECTs cleanly."""
+        session = self.start()
+        broker = self.connected()
+        d = self.publish()
+        broker.received()
+        stopped = session.stopService()
+        self.assertFailsWith(d, 503, Code.BrokerUnavailable)
+        self.assertEqual(broker.received(), [codec.Disconnect()])
+        self.assertTrue(broker.transport.disconnecting)
+        self.assertNoResult(stopped)
+        broker.protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(stopped)
+
+
+class KeepAliveTests(SessionTestCase):
+    def test_ping(self) -> None:
+        """An idle session sends PINGREQ; a broker silent after it is dropped."""
+        self.start()
+        broker = self.connected()
+        self.clock.advance(5)
+        self.assertEqual(broker.received(), [codec.PingReq()])
+        broker.send(codec.PingResp())
+        self.clock.advance(5)
+        self.assertEqual(broker.received(), [codec.PingReq()])
+        self.clock.advance(5)
+        self.assertFalse(broker.transport.disconnecting)
+        self.clock.advance(5)
+        self.assertTrue(broker.transport.disconnecting)

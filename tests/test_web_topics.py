@@ -1,0 +1,281 @@
+"""
+API 1 (C{POST /topics/{topic}}): what a request is read as, and what a client gets
+back for every kind of mistake (SPEC sections 4 and 8).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
+from gateway.model import Identity, Message, PublishResult
+from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.router import Router
+from gateway.web.topics import TopicsAPI, parse_publish, parse_topic
+
+
+def request(
+    target: bytes, body: bytes = b"", method: str = "POST", **kw: Any
+) -> HTTPRequest:
+    path, _, query = target.partition(b"?")
+    return HTTPRequest(
+        method=method,
+        path=path,
+        query=query,
+        body=body,
+        connection_id="c0ffee",
+        peer="127.0.0.1:5000",
+        **kw,
+    )
+
+
+class RecordingCore:
+    """Stands in for the core: records what it was asked and answers as told."""
+
+    def __init__(self, answer: Deferred[PublishResult] | None = None) -> None:
+        self.calls: list[tuple[Identity, Message]] = []
+        self.answer = answer
+
+    def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
+        self.calls.append((identity, message))
+        if self.answer is not None:
+            return self.answer
+        return succeed(PublishResult("0123456789ABCDEF0123456789ABCDEF"))
+
+
+class ParseTopicTests(SynchronousTestCase):
+    def test_percent_decoded(self) -> None:
+        """C{a%2Fb} and C{a/b} name the same topic; UTF-8 is decoded."""
+        self.assertEqual(parse_topic(b"/topics/a%2Fb"), "a/b")
+        self.assertEqual(parse_topic(b"/topics/a/b"), "a/b")
+        self.assertEqual(parse_topic(b"/topics/%C3%A9t%C3%A9"), "\u00e9t\u00e9")
+
+    def test_invalid(self) -> None:
+        """Empty topics, wildcards, U+0000, bad UTF-8, over 65535 bytes: 400."""
+        for path in (
+            b"/topics/",
+            b"/topics/a/+",
+            b"/topics/a/%23",
+            b"/topics/%2B",
+            b"/topics/a%00b",
+            b"/topics/%FF",
+            b"/topics/" + b"x" * 65536,
+        ):
+            with self.assertRaises(GatewayError, msg=path) as e:
+                parse_topic(path)
+            self.assertEqual(
+                (e.exception.status, e.exception.code), (400, Code.InvalidTopic)
+            )
+
+    def test_longest(self) -> None:
+        """A topic of exactly 65535 bytes is fine."""
+        self.assertEqual(len(parse_topic(b"/topics/" + b"x" * 65535)), 65535)
+
+    @given(st.text(min_size=1).filter(lambda t: not set(t) & {"+", "#", "\x00"}))
+    def test_round_trip(self, topic: str) -> None:
+        """Any valid topic percent-encoded in the path comes back unchanged."""
+        from urllib.parse import quote
+
+        if len(topic.encode()) <= 65535:
+            self.assertEqual(
+                parse_topic(b"/topics/" + quote(topic, safe="").encode()), topic
+            )
+
+
+class ParsePublishTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """No parameters: QoS 1, not retained, no properties, body as payload."""
+        asked = parse_publish(request(b"/topics/home", b"hi"))
+        self.assertEqual(asked.message, Message(topic="home", payload=b"hi"))
+        self.assertIsNone(asked.client_id)
+        self.assertIsNone(asked.username)
+
+    def test_every_parameter(self) -> None:
+        """Every SPEC 4 parameter lands in the message, user properties by N."""
+        asked = parse_publish(
+            request(
+                b"/topics/t?QOS=2&retained=TRUE&client_id=dev-1&username=u"
+                b"&ResponseTopic=r%2Fs&CorrelationData=abc&ContentType=text%2Fplain"
+                b"&PayloadFormatIndicator=1&MessageExpiryInterval=4294967295"
+                b"&UserProp.2.Key=k2&UserProp.2.Value=v2"
+                b"&userprop.10.key=k10&userprop.10.value=v+10"
+                b"&UserProp.1.Key=k1&UserProp.1.Value=",
+                "h\u00e9".encode(),
+            )
+        )
+        self.assertEqual(
+            asked.message,
+            Message(
+                topic="t",
+                payload="h\u00e9".encode(),
+                qos=2,
+                retain=True,
+                response_topic="r/s",
+                correlation_data=b"abc",
+                content_type="text/plain",
+                payload_format_indicator=1,
+                message_expiry_interval=4294967295,
+                user_properties=(("k1", ""), ("k2", "v2"), ("k10", "v 10")),
+            ),
+        )
+        self.assertEqual((asked.client_id, asked.username), ("dev-1", "u"))
+
+    def test_body_is_not_a_form(self) -> None:
+        """A form-encoded body is the payload, byte for byte."""
+        asked = parse_publish(
+            request(
+                b"/topics/t",
+                b"a=1&b=2",
+                headers=((b"content-type", b"application/x-www-form-urlencoded"),),
+            )
+        )
+        self.assertEqual(asked.message.payload, b"a=1&b=2")
+
+    def test_bad_parameters(self) -> None:
+        """Each invalid parameter is a 400 with its code, naming the parameter."""
+        cases = [
+            (b"qos=3", Code.InvalidQoS, "qos"),
+            (b"qos=", Code.InvalidQoS, "qos"),
+            (b"qos=01", Code.InvalidQoS, "qos"),
+            (b"retained=yes", Code.InvalidRetained, "retained"),
+            (b"retain=true", Code.InvalidParameter, "retain"),
+            (b"client_id=", Code.InvalidParameter, "client_id"),
+            (b"client_id=" + b"x" * 65536, Code.InvalidParameter, "client_id"),
+            (b"ResponseTopic=", Code.InvalidParameter, "ResponseTopic"),
+            (b"ResponseTopic=a/%23", Code.InvalidParameter, "ResponseTopic"),
+            (
+                b"PayloadFormatIndicator=2",
+                Code.InvalidParameter,
+                "PayloadFormatIndicator",
+            ),
+            (
+                b"MessageExpiryInterval=-1",
+                Code.InvalidParameter,
+                "MessageExpiryInterval",
+            ),
+            (
+                b"MessageExpiryInterval=4294967296",
+                Code.InvalidParameter,
+                "MessageExpiryInterval",
+            ),
+            (
+                b"MessageExpiryInterval=1.5",
+                Code.InvalidParameter,
+                "MessageExpiryInterval",
+            ),
+            (b"UserProp.1.Key=k", Code.InvalidParameter, "UserProp.1.Key"),
+            (b"UserProp.1.Value=v", Code.InvalidParameter, "UserProp.1.Value"),
+            (
+                b"UserProp.0.Key=k&UserProp.0.Value=v",
+                Code.InvalidParameter,
+                "UserProp.0.Key",
+            ),
+            (b"UserProp.x.Key=k", Code.InvalidParameter, "UserProp.x.Key"),
+            (b"qos=1&QoS=1", Code.InvalidParameter, "QoS"),
+            (b"ContentType=%FF", Code.InvalidParameter, "ContentType"),
+            (b"ContentType=a%00", Code.InvalidParameter, "ContentType"),
+        ]
+        for query, code, name in cases:
+            with self.assertRaises(GatewayError, msg=query) as e:
+                parse_publish(request(b"/topics/t?" + query))
+            self.assertEqual((e.exception.status, e.exception.code), (400, code), query)
+            self.assertIn(name, e.exception.message, query)
+
+    def test_payload_format_needs_utf8(self) -> None:
+        """PayloadFormatIndicator=1 with a body that is not UTF-8 is a 400."""
+        with self.assertRaises(GatewayError) as e:
+            parse_publish(request(b"/topics/t?PayloadFormatIndicator=1", b"\xff"))
+        self.assertEqual(e.exception.code, Code.InvalidParameter)
+        asked = parse_publish(request(b"/topics/t?PayloadFormatIndicator=0", b"\xff"))
+        self.assertEqual(asked.message.payload, b"\xff")
+
+
+class TopicsAPITests(SynchronousTestCase):
+    def answer(
+        self, req: HTTPRequest, core: RecordingCore | None = None
+    ) -> HTTPResponse:
+        api = Router(TopicsAPI((core or RecordingCore()).publish))
+        result = api.handle(req)
+        if isinstance(result, Deferred):
+            return self.successResultOf(result)
+        return result
+
+    def assertError(
+        self, response: HTTPResponse, status: int, code: str
+    ) -> dict[str, Any]:
+        self.assertEqual(response.status, status)
+        self.assertIn(("Content-Type", "application/json"), response.headers)
+        body = json.loads(response.body)
+        self.assertEqual(body["code"], code)
+        self.assertEqual(set(body), {"code", "message", "request_id"})
+        self.assertRegex(body["request_id"], "^[0-9a-f]{32}$")
+        return body  # type: ignore[no-any-return]
+
+    def test_success(self) -> None:
+        """200, empty body, X-Message-Id; the core got the message and identity."""
+        core = RecordingCore()
+        response = self.answer(request(b"/topics/home?client_id=curl-x", b"{}"), core)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"")
+        self.assertEqual(
+            response.headers, (("X-Message-Id", "0123456789ABCDEF0123456789ABCDEF"),)
+        )
+        self.assertEqual(response.log.message_id, "0123456789ABCDEF0123456789ABCDEF")
+        self.assertEqual(response.log.client_id, "curl-x")
+        [(identity, message)] = core.calls
+        self.assertEqual(identity.client_id, "curl-x")
+        self.assertEqual(identity.peer, "127.0.0.1:5000")
+        self.assertEqual(message, Message(topic="home", payload=b"{}"))
+
+    def test_default_client_id(self) -> None:
+        """Without client_id the sender is http-{connection id}."""
+        core = RecordingCore()
+        self.answer(request(b"/topics/home"), core)
+        self.assertEqual(core.calls[0][0].client_id, "http-c0ffee")
+
+    def test_method_not_allowed(self) -> None:
+        """GET on /topics/... is 405 with Allow: POST, and nothing is published."""
+        core = RecordingCore()
+        for method in ("GET", "PUT", "DELETE", "HEAD"):
+            response = self.answer(request(b"/topics/home", method=method), core)
+            self.assertError(response, 405, "MethodNotAllowed")
+            self.assertIn(("Allow", "POST"), response.headers)
+        self.assertEqual(core.calls, [])
+
+    def test_unknown_path(self) -> None:
+        """Any other path is 400 InvalidPath."""
+        for path in (b"/", b"/topics", b"/foo/topics/x", b"/metrics"):
+            self.assertError(self.answer(request(path)), 400, "InvalidPath")
+
+    def test_invalid_request_publishes_nothing(self) -> None:
+        """A 400 for a parameter never reaches the core."""
+        core = RecordingCore()
+        body = self.assertError(
+            self.answer(request(b"/topics/home?retain=true"), core),
+            400,
+            "InvalidParameter",
+        )
+        self.assertIn("retain", body["message"])
+        self.assertEqual(core.calls, [])
+
+    def test_broker_errors(self) -> None:
+        """Errors from the core keep their status, code and Retry-After."""
+        cases = [
+            (broker_unavailable("down", retry_after=3), 503, "BrokerUnavailable", "3"),
+            (from_reason_code(0x87), 403, "Forbidden", None),
+            (from_reason_code(0x97), 429, "RateLimited", "1"),
+            (from_reason_code(0x95), 413, "PayloadTooLarge", None),
+            (from_reason_code(0x80), 502, "BrokerRejected", None),
+        ]
+        for error, status, code, retry in cases:
+            core = RecordingCore(fail(error))
+            response = self.answer(request(b"/topics/home"), core)
+            self.assertError(response, status, code)
+            self.assertEqual(dict(response.headers).get("Retry-After"), retry)
+            self.assertEqual(response.log.client_id, "http-c0ffee")
