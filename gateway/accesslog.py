@@ -39,7 +39,7 @@ class AccessLog:
             # twistd replaces sys.stdout with a logger; the access log wants the
             # process's real standard output.
             return sys.__stdout__ or sys.stdout
-        return open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        return open(self.path, "a", encoding="utf-8")
 
     def __call__(self, record: dict[str, object]) -> None:
         """Log one request."""

@@ -230,7 +230,10 @@ class MQTTClientProtocol(Protocol):
         """
         self._timer = None
         now = self._clock.seconds()
-        if self._ping_outstanding and now - self._last_received >= 1.5 * self._keepalive:
+        if (
+            self._ping_outstanding
+            and now - self._last_received >= 1.5 * self._keepalive
+        ):
             self._log.warn("Broker did not answer PINGREQ; closing the connection")
             self._close(abort=True)
             return
