@@ -84,6 +84,14 @@ class SessionTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.endpoints = [FakeEndpoint(), FakeEndpoint()]
+        self.requests: list[Deferred[PublishResult]] = []
+        # Runs after the session stopped (cleanups run last-in, first-out): what a
+        # test left waiting was failed by the stop, which is not what it checks.
+        self.addCleanup(
+            lambda: [
+                d.addErrback(lambda f: f.trap(GatewayError)) for d in self.requests
+            ]
+        )
 
     def start(self, protocol: str = "auto", **kw: Any) -> BrokerSession:
         kw.setdefault("retry_policy", lambda attempt: 2.0**attempt)
@@ -102,9 +110,9 @@ class SessionTestCase(SynchronousTestCase):
         return session
 
     def publish(self, qos: int = 1, **kw: Any) -> Deferred[PublishResult]:
-        return self.publisher.publish(
-            Message(topic="t", payload=b"p", qos=qos, **kw), ME
-        )
+        d = self.publisher.publish(Message(topic="t", payload=b"p", qos=qos, **kw), ME)
+        self.requests.append(d)
+        return d
 
     def connected(self, index: int = 0, **properties: Any) -> FakeBroker:
         broker = FakeBroker(self.endpoints[index])
