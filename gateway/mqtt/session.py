@@ -165,6 +165,8 @@ def publish_packet(
 
 
 class _ProtocolFactory(Factory):
+    noisy = False
+
     def __init__(self, build: Callable[[], MQTTClientProtocol]) -> None:
         self._build = build
 

@@ -1,0 +1,1 @@
+"""The gateway's MQTT client: a sans-I/O packet codec and the Twisted code around it."""

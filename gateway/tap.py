@@ -1,0 +1,326 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd command line (L{Options}) and the service tree (L{makeService}).
+
+L{Options.postOptions} reads and checks everything that can be wrong in the
+configuration, so that a mistake stops start-up with one line naming the key or
+file; L{makeService} only assembles services, which start their work in
+C{startService}.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    serverFromString,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    PrivateCertificate,
+    optionsForClientTLS,
+    platformTrust,
+)
+from twisted.logger import Logger
+from twisted.python import usage
+
+from gateway import __version__
+from gateway.accesslog import AccessLog
+from gateway.config import (
+    BrokerAddress,
+    Config,
+    ConfigError,
+    MQTTConfig,
+    default,
+    load,
+)
+from gateway.core import Gateway
+from gateway.embedded import EmbeddedBrokerService
+from gateway.mqtt.publisher import SharedPublisher
+from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.web.router import Router
+from gateway.web.server import HTTPServerFactory
+from gateway.web.topics import TopicsAPI
+
+log = Logger()
+
+# Request targets may carry a whole topic (65535 bytes, percent-encoded three times
+# over) or, for the query-string API, a payload as large as a body.
+_TOPIC_TARGET = 3 * 65535 + 4096
+
+
+class StartupError(SystemExit):
+    """
+    The daemon cannot start. Raised while twistd sets up, it ends the process with
+    exit status 1 and its one-line message on standard error, no traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"mqtt-http-gateway: {message}")
+
+
+# What this version does not serve yet: refused rather than silently ignored.
+_NOT_AVAILABLE = (
+    ("tls.listen", lambda c: bool(c.tls.listen)),
+    ("admin.listen", lambda c: bool(c.admin.listen)),
+    ("aliyun.instance_id", lambda c: c.aliyun.enabled),
+    ("auth.mode", lambda c: c.auth.mode != "gateway"),
+    ("auth.password_file", lambda c: c.auth.password_file is not None),
+    ("auth.acl_file", lambda c: c.auth.acl_file is not None),
+)
+
+
+def check_available(config: Config) -> None:
+    """
+    Refuse settings for features this version does not have.
+
+    @raise ConfigError: naming the key.
+    """
+    for key, used in _NOT_AVAILABLE:
+        if used(config):
+            raise ConfigError(f"{key}: not supported by this version of the gateway")
+
+
+def check_endpoints(config: Config, reactor: Any) -> None:
+    """
+    Parse every listening endpoint string, so that a typo stops start-up.
+
+    @raise ConfigError: naming the key and the string.
+    """
+    for key, descriptions in (
+        ("http.listen", config.http.listen),
+        ("tls.listen", config.tls.listen),
+        ("admin.listen", (config.admin.listen,) if config.admin.listen else ()),
+    ):
+        for description in descriptions:
+            try:
+                serverFromString(reactor, description)
+            except Exception as e:
+                raise ConfigError(f"{key}: bad endpoint {description!r}: {e}") from None
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def broker_endpoint(
+    reactor: Any, address: BrokerAddress, mqtt: MQTTConfig
+) -> IStreamClientEndpoint:
+    """
+    How to reach a broker: TCP for C{mqtt://}; TLS for C{mqtts://}, verifying the
+    server name against C{[mqtt] ca} (or the system's trust store) and presenting
+    C{[mqtt] cert}/C{key} when set.
+
+    @raise ConfigError: for unreadable or invalid certificate files.
+    """
+    tcp = HostnameEndpoint(reactor, address.host, address.port)
+    if not address.tls:
+        return tcp
+    try:
+        trust = (
+            Certificate.loadPEM(_read(mqtt.ca, "mqtt.ca"))
+            if mqtt.ca
+            else platformTrust()
+        )
+        client = None
+        if mqtt.cert and mqtt.key:
+            client = PrivateCertificate.loadPEM(
+                _read(mqtt.cert, "mqtt.cert") + b"\n" + _read(mqtt.key, "mqtt.key")
+            )
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"mqtt.ca/cert/key: cannot load: {e}") from None
+    options = optionsForClientTLS(address.host, trust, client)
+    return wrapClientTLS(options, tcp)
+
+
+class Options(usage.Options):
+    """
+    The command line of C{twistd mqtt-http-gateway}.
+    """
+
+    synopsis = "[--config PATH] [--listen ENDPOINT ...] [--broker URI ...]"
+    longdesc = (
+        "Publish MQTT messages with one HTTP request: POST /topics/{topic}. "
+        "With no configuration it serves HTTP on 127.0.0.1:8080 and runs an "
+        "embedded MQTT broker on 127.0.0.1:1883 with anonymous publishing. "
+        "ENDPOINT is a Twisted server endpoint string such as "
+        "tcp:8080:interface=127.0.0.1 or systemd:domain=INET:index=0."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (TOML)."],
+        ["admin", None, None, "Endpoint of the admin listener (overrides [admin])."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["tls-listen"] = []
+        self["broker"] = []
+        self.config: Config = default()
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Serve plain HTTP on ENDPOINT (repeatable; overrides [http] listen)."""
+        self["listen"].append(endpoint)
+
+    def opt_tls_listen(self, endpoint: str) -> None:
+        """Serve HTTPS on ENDPOINT (repeatable; overrides [tls] listen)."""
+        self["tls-listen"].append(endpoint)
+
+    def opt_broker(self, uri: str) -> None:
+        """MQTT broker URI, mqtt:// or mqtts:// (repeatable, failover order; overrides [mqtt] brokers and turns the embedded broker off)."""  # noqa: E501
+        self["broker"].append(uri)
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"mqtt-http-gateway {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        """
+        Load and check the configuration.
+
+        @raise StartupError: with one line naming the key or file at fault.
+        """
+        from twisted.internet import reactor
+
+        try:
+            config = load(self["config"]) if self["config"] else default()
+            config = config.with_overrides(
+                listen=self["listen"],
+                tls_listen=self["tls-listen"],
+                brokers=self["broker"],
+                admin=self["admin"],
+            )
+            check_available(config)
+            check_endpoints(config, reactor)
+            self.brokers = [
+                Broker(address.uri, broker_endpoint(reactor, address, config.mqtt))
+                for address in config.mqtt.brokers
+            ]
+        except ConfigError as e:
+            raise StartupError(str(e)) from None
+        self.config = config
+
+
+class Listener(StreamServerEndpointService):
+    """
+    Listens on one endpoint as soon as twistd starts the services, so that a port
+    that cannot be bound stops start-up with one line.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+    ) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        """Listen now; raise L{StartupError} when that fails."""
+        self._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise StartupError(f"cannot listen on {self.description}: {e}") from None
+        self._log.info("Serving HTTP on {endpoint}", endpoint=self.description)
+
+
+class _StartFirst(Service):
+    """
+    Runs the embedded broker before anything that connects to it: it starts at
+    privileged start-up and start-up waits until it listens.
+    """
+
+    def __init__(self, broker: EmbeddedBrokerService) -> None:
+        self.broker = broker
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            self.broker.start_and_wait()
+        except Exception as e:
+            raise StartupError(str(e)) from None
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.broker.stopService()
+
+
+def makeService(options: Options) -> IService:
+    """
+    The service tree of the daemon, built from checked options.
+    """
+    from twisted.internet import reactor
+
+    config = options.config
+    root = MultiService()
+    settings = SessionSettings(
+        client_id=config.mqtt.gateway_client_id(socket.gethostname()),
+        username=config.mqtt.username or None,
+        password=config.mqtt.password.encode() if config.mqtt.password else None,
+        protocol=config.mqtt.protocol,
+        keepalive=config.mqtt.keepalive,
+    )
+    if config.embedded_broker:
+        address = config.mqtt.brokers[0]
+        embedded = EmbeddedBrokerService(address.host, address.port, reactor=reactor)
+        starter = _StartFirst(embedded)
+        starter.setName("embedded-broker")
+        starter.setServiceParent(root)
+        # amqtt speaks MQTT 3.1.1 only; no need to probe for 5.
+        settings = SessionSettings(
+            client_id=settings.client_id, protocol="3.1.1", keepalive=settings.keepalive
+        )
+        log.warn(
+            "No broker configured: running the embedded MQTT broker on {address} "
+            "and allowing anonymous publishing. Configure [mqtt] brokers and "
+            "[auth] for production.",
+            address=f"{address.host}:{address.port}",
+        )
+
+    session = BrokerSession(
+        options.brokers,
+        settings,
+        publish_timeout=config.mqtt.publish_timeout,
+        clock=reactor,
+    )
+    session.setName("mqtt-session")
+    session.setServiceParent(root)
+    core = Gateway(SharedPublisher(session))
+    access_log = AccessLog(config.log.access, reactor) if config.log.access else None
+    if access_log is not None:
+        reactor.addSystemEventTrigger("after", "shutdown", access_log.close)
+    factory = HTTPServerFactory(
+        Router(TopicsAPI(core.publish)),
+        max_body=config.http.max_body,
+        max_target_bytes=_TOPIC_TARGET,
+        idle_timeout=config.http.idle_timeout,
+        access_log=access_log,
+        clock=reactor,
+    )
+    for description in config.http.listen:
+        Listener(
+            description, serverFromString(reactor, description), factory
+        ).setServiceParent(root)
+    return root

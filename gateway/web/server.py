@@ -1,0 +1,800 @@
+# -*- test-case-name: tests.test_web_server -*-
+"""
+A small HTTP/1.0 and HTTP/1.1 server protocol on llhttp (C{httptools}).
+
+It parses requests into L{HTTPRequest} values, hands each one to a
+L{RequestHandler} at once (pipelined requests run concurrently) and writes the
+L{HTTPResponse} values back strictly in request order. Limits are answered, not
+dropped: 413 for bodies over C{max_body} (before the body is read), 414 for long
+request targets, 431 for large header blocks and 400 for anything llhttp refuses.
+
+All responses are C{HTTP/1.1}, also to HTTP/1.0 clients (RFC 9110 section 2.5 lets
+a server send its own version); HTTP/1.0 connections are always closed after the
+response.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import typing
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, NoReturn, cast
+
+import httptools
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.errors import Code, GatewayError
+from gateway.web.messages import HTTPRequest, HTTPResponse
+
+__all__ = ["HTTPServerFactory", "HTTPServerProtocol", "RequestHandler"]
+
+_log = Logger()
+
+_STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in HTTPStatus
+}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SERVER = b"mqtt-http-gateway"
+
+# Headers the server writes itself; a handler's own would break the framing or
+# duplicate ours.
+_RESERVED_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "date", "server"}
+)
+_NO_CRLF = str.maketrans("\r\n", "  ")
+
+_METHODS = {
+    method.encode("ascii"): method
+    for method in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")
+}
+
+# How long the connection keeps reading (and discarding) after an error response
+# before it closes: closing a socket with unread input makes the kernel send a
+# RST, which can destroy the response before the client has read it.
+_LINGER_SECONDS = 2.0
+
+# Slack for the request line and the ": " and CRLFs around the counted bytes,
+# used only by the guard against one huge header that llhttp buffers.
+_HEAD_SLACK = 4096
+
+
+class RequestHandler(typing.Protocol):
+    """
+    What the server hands requests to: an API adapter (or a router of them).
+    """
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
+        """
+        Answer C{request}, now or later.
+
+        @return: the response, or a L{Deferred} firing with it. Raising or failing
+            with a L{GatewayError} is answered with L{render_error}; anything else
+            is logged and answered as an internal error.
+        """
+
+    def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+        """
+        The response for C{error} on C{request}.
+
+        For errors the server detects itself (413, 414, 431, 400, 505) C{request}
+        has only what was known at that point: method, path and headers may be
+        empty and the body is always C{b""}.
+        """
+
+
+class _Abort(Exception):
+    """
+    Raised in a parser callback to stop llhttp; the reason is already handled.
+    """
+
+
+class _Slot:
+    """
+    One request waiting for (or holding) its response, in request order.
+    """
+
+    __slots__ = ("close", "linger", "request", "response", "start")
+
+    def __init__(
+        self, request: HTTPRequest, start: float, close: bool, linger: bool
+    ) -> None:
+        self.request = request
+        self.start = start
+        self.close = close
+        self.linger = linger
+        self.response: HTTPResponse | None = None
+
+
+@implementer(IProtocolNegotiationFactory)
+class HTTPServerFactory(Factory):
+    """
+    Builds an L{HTTPServerProtocol} per connection, all sharing one handler.
+
+    Under TLS it offers ALPN C{http/1.1} and C{http/1.0}: Twisted's TLS layer
+    answers a client's ALPN offer with a handshake failure unless the wrapped
+    factory names protocols, and C{curl --http1.0} offers only C{http/1.0}.
+
+    @ivar open_connections: how many connections are open right now.
+    """
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        *,
+        max_body: int = 262144,
+        max_header_bytes: int = 16384,
+        max_target_bytes: int = 16384,
+        idle_timeout: float = 60,
+        max_pipeline: int = 32,
+        access_log: Callable[[dict[str, object]], None] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param handler: answers the requests.
+        @param max_body: the largest body accepted, in bytes (413 beyond).
+        @param max_header_bytes: the largest header block (names and values) in
+            bytes (431 beyond).
+        @param max_target_bytes: the longest request target (414 beyond).
+        @param idle_timeout: seconds a connection may wait for input before it is
+            closed (a request waiting for its handler is not idle).
+        @param max_pipeline: the most requests a connection may have outstanding;
+            reading pauses at that count.
+        @param access_log: called with one dict per response written (the keys of
+            SPEC section 10), or C{None}.
+        @param clock: the time source and scheduler; the global reactor if
+            C{None}.
+        """
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.handler = handler
+        self.max_body = max_body
+        self.max_header_bytes = max_header_bytes
+        self.max_target_bytes = max_target_bytes
+        self.idle_timeout = idle_timeout
+        self.max_pipeline = max(1, max_pipeline)
+        self.access_log = access_log
+        self.clock = clock
+        self.open_connections = 0
+        self._date_second = -1
+        self._date_lines = b""
+        self._iso_second = -1
+        self._iso_prefix = ""
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The ALPN protocols spoken, preferred first.
+        """
+        return [b"http/1.1", b"http/1.0"]
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTPServerProtocol:
+        """
+        A new protocol for one connection.
+        """
+        return HTTPServerProtocol(self)
+
+    def standard_headers(self, now: float) -> bytes:
+        """
+        The C{Date} and C{Server} header lines for time C{now} (cached per second).
+        """
+        second = int(now)
+        if second != self._date_second:
+            date = formatdate(second, usegmt=True).encode("ascii")
+            self._date_lines = b"Date: %s\r\nServer: %s\r\n" % (date, _SERVER)
+            self._date_second = second
+        return self._date_lines
+
+    def iso_time(self, now: float) -> str:
+        """
+        C{now} as ISO 8601 UTC with milliseconds, e.g. C{2024-05-01T12:00:00.250Z}.
+        """
+        second = int(now)
+        if second != self._iso_second:
+            self._iso_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._iso_second = second
+        millis = min(999, round((now - second) * 1000))
+        return f"{self._iso_prefix}.{millis:03d}Z"
+
+
+class HTTPServerProtocol(Protocol):
+    """
+    One HTTP/1.x connection.
+
+    Requests are dispatched as soon as they are complete, responses written in
+    request order with one C{write} each. The parser callbacks (C{on_*}) are
+    called by llhttp only.
+    """
+
+    def __init__(self, factory: HTTPServerFactory) -> None:
+        """
+        @param factory: the factory holding the handler, limits and clock.
+        """
+        self.factory = factory
+        self._factory = factory
+        self._handler = factory.handler
+        self._clock = factory.clock
+        self._max_body = factory.max_body
+        self._max_header_bytes = factory.max_header_bytes
+        self._max_target_bytes = factory.max_target_bytes
+        self._max_pipeline = factory.max_pipeline
+        self._head_limit = (
+            factory.max_header_bytes + factory.max_target_bytes + _HEAD_SLACK
+        )
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: ITransport | None = None
+        self._queue: deque[_Slot] = deque()
+        self.connection_id = os.urandom(8).hex()
+        self.peer = ""
+        self._connected = False
+        self._reading = True  # False once no further request will be parsed
+        self._closing = False  # loseConnection called
+        self._paused = False
+        self._continue_owed = False
+        self._tls = False
+        self._certificate_fetched = False
+        self._certificate: object = None
+        self._now = 0.0
+        self._last_activity = 0.0
+        self._idle_call: IDelayedCall | None = None
+        self._linger_call: IDelayedCall | None = None
+        # The message being parsed.
+        self._seq = 0
+        self._started = False
+        self._in_head = False
+        self._head_spill = 0
+        self._start = 0.0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_length = 0
+        self._content_length: bytes | None = None
+        self._expect_continue = False
+        self._version = "1.1"
+        self._keep_alive = True
+
+    # Connection events
+
+    def connectionMade(self) -> None:
+        """
+        Count the connection, note the peer and start the idle timer.
+        """
+        transport = self.transport
+        assert transport is not None
+        self._transport = transport
+        self._connected = True
+        self._factory.open_connections += 1
+        self.peer = _format_peer(transport.getPeer())
+        self._tls = ISSLTransport.providedBy(transport)
+        self._last_activity = self._clock.seconds()
+        self._idle_call = self._clock.callLater(
+            self._factory.idle_timeout, self._check_idle
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Stop: responses still to come are dropped, their Deferreds not cancelled.
+        """
+        if not self._connected:
+            return
+        self._connected = False
+        self._reading = False
+        self._factory.open_connections -= 1
+        self._queue.clear()
+        self._cancel_timers()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse C{data}; dispatch the requests it completes, answer errors in it.
+        """
+        if not self._reading:
+            return  # closing, lingering after an error, or stopped
+        now = self._clock.seconds()
+        self._now = now
+        self._last_activity = now
+        seq = self._seq
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._reading:
+                self._fail(
+                    GatewayError(Code.BadRequest, "protocol upgrades are not supported")
+                )
+        except httptools.HttpParserError as error:
+            if self._reading:
+                cause = error.__context__
+                if cause is None or isinstance(cause, _Abort):
+                    self._fail(GatewayError(Code.BadRequest, "malformed HTTP request"))
+                else:
+                    _log.failure(
+                        "HTTP server bug while parsing a request",
+                        Failure(cause),  # type: ignore[no-untyped-call]
+                    )
+                    self._fail(GatewayError(Code.InternalError, "internal error"))
+        else:
+            # llhttp buffers a header until the next one starts, so one huge header
+            # is invisible to on_header: bound the head by the bytes fed while in it.
+            if self._in_head and seq == self._seq:
+                self._head_spill += len(data)
+                if self._head_spill > self._head_limit:
+                    self._fail(
+                        GatewayError(Code.HeadersTooLarge, "the headers are too large")
+                    )
+
+    # llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        """
+        A request starts: reset the per-request state.
+        """
+        self._seq += 1
+        self._started = True
+        self._in_head = True
+        self._head_spill = 0
+        self._start = self._now
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_length = 0
+        self._content_length = None
+        self._expect_continue = False
+
+    def on_url(self, fragment: bytes) -> None:
+        """
+        A piece of the request target (llhttp reports partial targets too).
+        """
+        url = self._url + fragment if self._url else fragment
+        if len(url) > self._max_target_bytes:
+            self._url = url[: self._max_target_bytes]
+            self._abort(GatewayError(Code.UriTooLong, "the request target is too long"))
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """
+        One complete header.
+        """
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self._max_header_bytes:
+            self._abort(GatewayError(Code.HeadersTooLarge, "the headers are too large"))
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"content-length":
+            self._content_length = value
+        elif name == b"expect":
+            self._expect_continue = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        """
+        The head is complete: check the version, body size and expectations.
+        """
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            self._version = version
+            self._keep_alive = parser.should_keep_alive()
+        elif version == "1.0":
+            self._version = version
+            self._keep_alive = False
+        else:
+            self._version = "1.1"
+            self._abort(
+                GatewayError(Code.BadRequest, "HTTP version not supported", status=505)
+            )
+        if parser.should_upgrade():
+            self._abort(
+                GatewayError(Code.BadRequest, "protocol upgrades are not supported")
+            )
+        if self._content_length is not None:
+            try:
+                declared = int(self._content_length)
+            except ValueError:
+                declared = 0  # llhttp refuses it right after this callback
+            if declared > self._max_body:
+                self._abort(self._too_large())
+        if self._expect_continue and version == "1.1":
+            if self._queue:
+                self._continue_owed = True  # after the earlier responses
+            else:
+                self._write(_CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        """
+        A piece of the (de-chunked) body.
+        """
+        self._continue_owed = False
+        self._body_length += len(chunk)
+        if self._body_length > self._max_body:
+            self._abort(self._too_large())
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        """
+        The request is complete: hand it to the handler.
+        """
+        self._continue_owed = False
+        self._started = False
+        body = self._body
+        url = self._url
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+        else:
+            path, query = _split_target(url)
+        request = HTTPRequest(
+            method=self._method(),
+            path=path,
+            query=query,
+            headers=tuple(self._headers),
+            body=(body[0] if len(body) == 1 else b"".join(body)),
+            http_version=self._version,
+            connection_id=self.connection_id,
+            peer=self.peer,
+            peer_certificate=self._peer_certificate(),
+            keep_alive=self._keep_alive,
+        )
+        if not self._keep_alive:
+            self._reading = False
+        self._dispatch(request, self._start)
+        if not self._keep_alive:
+            raise _Abort()  # stop llhttp: nothing after this request is read
+
+    # Dispatching and answering
+
+    def _dispatch(self, request: HTTPRequest, start: float) -> None:
+        """
+        Queue a slot for C{request} and run the handler.
+        """
+        slot = _Slot(request, start, not request.keep_alive, False)
+        queue = self._queue
+        queue.append(slot)
+        if len(queue) >= self._max_pipeline and not self._paused:
+            self._paused = True
+            cast(IPushProducer, self._transport).pauseProducing()
+        try:
+            result = self._handler.handle(request)
+        except GatewayError as error:
+            self._complete(slot, self._render_error(request, error))
+            return
+        except Exception:
+            _log.failure(
+                "Request handler failed on {method} {path!r}",
+                method=request.method,
+                path=request.path,
+            )
+            self._complete(slot, self._render_error(request, _internal_error()))
+            return
+        if isinstance(result, HTTPResponse):
+            self._complete(slot, result)
+        elif isinstance(result, Deferred):
+            result.addCallbacks(
+                self._on_result,
+                self._on_failure,
+                callbackArgs=(slot,),
+                errbackArgs=(slot,),
+            )
+        else:
+            _log.error(
+                "Request handler returned {result!r}, not a response", result=result
+            )
+            self._complete(slot, self._render_error(request, _internal_error()))
+
+    def _on_result(self, result: object, slot: _Slot) -> None:
+        """
+        A handler's Deferred fired.
+        """
+        if isinstance(result, HTTPResponse):
+            self._complete(slot, result)
+        else:
+            _log.error(
+                "Request handler returned {result!r}, not a response", result=result
+            )
+            self._complete(slot, self._render_error(slot.request, _internal_error()))
+
+    def _on_failure(self, failure: Failure, slot: _Slot) -> None:
+        """
+        A handler's Deferred failed.
+        """
+        error = failure.value
+        if not isinstance(error, GatewayError):
+            _log.failure(
+                "Request handler failed on {method} {path!r}",
+                failure,
+                method=slot.request.method,
+                path=slot.request.path,
+            )
+            error = _internal_error()
+        if self._connected:
+            self._complete(slot, self._render_error(slot.request, error))
+
+    def _render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+        """
+        The handler's rendering of C{error}, or a plain one if that fails.
+        """
+        try:
+            return self._handler.render_error(request, error)
+        except Exception:
+            _log.failure("render_error failed for {error!r}", error=error)
+            return HTTPResponse(
+                status=error.status,
+                headers=(("Content-Type", "text/plain; charset=utf-8"),),
+                body=error.message.encode("utf-8") + b"\n",
+            )
+
+    def _fail(self, error: GatewayError) -> None:
+        """
+        Answer an error the server found itself (in order), stop reading, close.
+        """
+        self._reading = False
+        self._continue_owed = False
+        request = self._partial_request()
+        slot = _Slot(request, self._start if self._started else self._now, True, True)
+        self._queue.append(slot)
+        self._complete(slot, self._render_error(request, error))
+
+    def _abort(self, error: GatewayError) -> NoReturn:
+        """
+        L{_fail} from inside a parser callback, then stop llhttp.
+        """
+        self._fail(error)
+        raise _Abort()
+
+    def _complete(self, slot: _Slot, response: HTTPResponse) -> None:
+        """
+        C{slot} has its response: write it and any ready ones after it in order.
+        """
+        if not self._connected:
+            return
+        slot.response = response
+        queue = self._queue
+        if queue[0] is not slot:
+            return
+        while queue:
+            slot = queue[0]
+            if slot.response is None:
+                break
+            queue.popleft()
+            self._send(slot, slot.response)
+            if slot.close:
+                self._finish(slot.linger)
+                return
+        if self._paused and len(queue) < self._max_pipeline:
+            self._paused = False
+            cast(IPushProducer, self._transport).resumeProducing()
+        if self._continue_owed and not queue:
+            self._continue_owed = False
+            self._write(_CONTINUE)
+
+    def _send(self, slot: _Slot, response: HTTPResponse) -> None:
+        """
+        Write C{response} to C{slot}'s request with one write, then log it.
+        """
+        now = self._clock.seconds()
+        self._last_activity = now
+        request = slot.request
+        status = response.status
+        body = response.body
+        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+        for name, value in response.headers:
+            if name.lower() not in _RESERVED_HEADERS:
+                parts.append(_header_line(name, value))
+        if status < 200 or status in (204, 304):
+            body = b""
+        else:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+            if request.method == "HEAD":
+                body = b""
+        parts.append(self._factory.standard_headers(now))
+        parts.append(b"Connection: close\r\n\r\n" if slot.close else b"\r\n")
+        parts.append(body)
+        self._write(b"".join(parts))
+        access_log = self._factory.access_log
+        if access_log is not None:
+            log = response.log
+            entry: dict[str, object] = {
+                "time": self._factory.iso_time(now),
+                "peer": request.peer,
+                "method": request.method,
+                "path": request.path.decode("latin-1"),
+                "http_version": request.http_version,
+                "status": status,
+                "bytes": len(body),
+                "duration_ms": round((now - slot.start) * 1000, 3),
+                "client_id": log.client_id,
+                "user": log.user,
+                "message_id": log.message_id,
+            }
+            try:
+                access_log(entry)
+            except Exception:
+                _log.failure("Access log failed")
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write C{data} unless the connection is closing.
+        """
+        if self._connected and not self._closing:
+            assert self._transport is not None
+            self._transport.write(data)
+
+    def _finish(self, linger: bool) -> None:
+        """
+        The last response is written: close now or after lingering.
+        """
+        self._reading = False
+        if not linger:
+            self._close()
+            return
+        # Keep reading (and discarding) so unread input cannot turn the close into
+        # a RST that destroys the response; the client closes first, or we do.
+        if self._paused:
+            self._paused = False
+            cast(IPushProducer, self._transport).resumeProducing()
+        if self._linger_call is None:
+            self._linger_call = self._clock.callLater(
+                min(_LINGER_SECONDS, self._factory.idle_timeout), self._close
+            )
+
+    def _close(self) -> None:
+        """
+        Close the connection (once).
+        """
+        self._linger_call = None
+        self._reading = False
+        if self._connected and not self._closing:
+            self._closing = True
+            self._cancel_timers()
+            assert self._transport is not None
+            self._transport.loseConnection()
+
+    def _check_idle(self) -> None:
+        """
+        Close the connection if it has waited for input for C{idle_timeout}.
+        """
+        self._idle_call = None
+        if not self._connected or self._closing or self._linger_call is not None:
+            return
+        timeout = self._factory.idle_timeout
+        if self._queue:
+            delay = timeout  # waiting for a handler is not idle
+        else:
+            idle = self._clock.seconds() - self._last_activity
+            if idle >= timeout:
+                self._close()
+                return
+            delay = timeout - idle
+        self._idle_call = self._clock.callLater(delay, self._check_idle)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_idle_call", "_linger_call"):
+            call: IDelayedCall | None = getattr(self, name)
+            if call is not None:
+                setattr(self, name, None)
+                if call.active():
+                    call.cancel()
+
+    # Request values
+
+    def _method(self) -> str:
+        method: bytes = self._parser.get_method()
+        return _METHODS.get(method) or method.decode("ascii", "replace")
+
+    def _too_large(self) -> GatewayError:
+        return GatewayError(
+            Code.PayloadTooLarge,
+            f"the body is larger than {self._max_body} bytes",
+        )
+
+    def _partial_request(self) -> HTTPRequest:
+        """
+        What is known of the request being parsed, for an error response.
+        """
+        if not self._started:
+            return HTTPRequest(
+                method="",
+                path=b"",
+                connection_id=self.connection_id,
+                peer=self.peer,
+                peer_certificate=self._peer_certificate(),
+                keep_alive=False,
+            )
+        # The method is parsed before the target, the version before the headers.
+        method = self._method() if self._url else ""
+        version = self._version
+        if self._in_head:
+            version = self._parser.get_http_version() if self._headers else "1.1"
+            if version not in ("1.0", "1.1"):
+                version = "1.1"
+        path, query = _split_target(self._url)
+        return HTTPRequest(
+            method=method,
+            path=path,
+            query=query,
+            headers=tuple(self._headers),
+            http_version=version,
+            connection_id=self.connection_id,
+            peer=self.peer,
+            peer_certificate=self._peer_certificate(),
+            keep_alive=False,
+        )
+
+    def _peer_certificate(self) -> object:
+        """
+        The TLS client certificate as a C{cryptography} certificate, fetched once.
+        """
+        if not self._tls:
+            return None
+        if not self._certificate_fetched:
+            self._certificate_fetched = True
+            try:
+                certificate = cast(Any, self._transport).getPeerCertificate()
+                if certificate is not None:
+                    self._certificate = certificate.to_cryptography()
+            except Exception:
+                _log.failure("Could not read the peer certificate")
+        return self._certificate
+
+
+def _internal_error() -> GatewayError:
+    return GatewayError(Code.InternalError, "internal error")
+
+
+def _split_target(target: bytes) -> tuple[bytes, bytes]:
+    """
+    The raw path and query of a request target in origin or absolute form.
+    """
+    if target[:1] != b"/" and b"://" in target:
+        # absolute-form (RFC 9112 3.2.2): drop scheme and authority
+        rest = target.partition(b"://")[2]
+        slash = rest.find(b"/")
+        query_mark = rest.find(b"?")
+        if slash < 0 or 0 <= query_mark < slash:
+            target = b"/" + rest[query_mark:] if query_mark >= 0 else b"/"
+        else:
+            target = rest[slash:]
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """
+    C{name: value} and CRLF, with any CR or LF in them replaced by spaces.
+    """
+    line = f"{name}: {value}"
+    if "\r" in line or "\n" in line:
+        line = line.translate(_NO_CRLF)
+    return (line + "\r\n").encode("utf-8")
+
+
+def _format_peer(address: IAddress) -> str:
+    """
+    C{host:port} (C{[v6host]:port} for IPv6) for logs and connection ids.
+    """
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name or b""
+        return "unix:" + name.decode("utf-8", "replace")
+    return str(address)

@@ -1,0 +1,124 @@
+"""
+Test support: the real gateway, assembled as twistd assembles it, run in the test's
+process on free ports, and curl as its client.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import attrs
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.utils import getProcessOutputAndValue
+
+from gateway.mqtt.session import BrokerSession
+from gateway.tap import Options, makeService
+from tests.brokers import free_port, poll
+
+
+@attrs.frozen
+class CurlResult:
+    """What curl saw: the final response's status, headers and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    raw_head: str
+    exit_code: int
+    stderr: bytes
+
+
+def _parse(output: bytes) -> tuple[int, dict[str, str], bytes, str]:
+    # With -i every response head precedes its body; keep the last response.
+    head, _, body = output.rpartition(b"\r\n\r\n")
+    # A 100 Continue or several responses: take the last head block.
+    blocks = (head + b"\r\n\r\n").split(b"\r\n\r\n")
+    heads = [b for b in blocks if b.startswith(b"HTTP/")]
+    last = heads[-1].decode("latin-1") if heads else ""
+    lines = last.split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0] else 0
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body, last
+
+
+def curl(*args: str, timeout: float = 20) -> Deferred[CurlResult]:
+    """
+    Run curl with C{args} (plus C{-sS -i}) and parse its last response.
+    """
+
+    async def run() -> CurlResult:
+        out, err, code = await getProcessOutputAndValue(
+            "curl",
+            ("-sS", "-i", "--max-time", str(timeout), *args),
+            env=os.environ,
+        )
+        status, headers, body, head = _parse(out)
+        return CurlResult(status, headers, body, head, code, err)
+
+    return ensureDeferred(run())
+
+
+class RunningGateway:
+    """
+    The gateway with a generated TOML configuration, started as twistd would:
+    Options parsed from a command line, makeService, privileged start, start.
+    """
+
+    def __init__(self, config: str, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        directory = tempfile.mkdtemp(prefix="gateway-test-")
+        self.config_path = os.path.join(directory, "gateway.toml")
+        with open(self.config_path, "w") as f:
+            f.write(config)
+        self.options = Options()
+        self.options.parseOptions(
+            [
+                "--config",
+                self.config_path,
+                "--listen",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                *args,
+            ]
+        )
+        self.service: IService = makeService(self.options)
+
+    @property
+    def session(self) -> BrokerSession:
+        """The gateway's broker session."""
+        session = self.service.getServiceNamed("mqtt-session")  # type: ignore[attr-defined]
+        assert isinstance(session, BrokerSession)
+        return session
+
+    def start(self) -> Deferred[None]:
+        """Start the services and wait until the broker session is up."""
+        self.service.privilegedStartService()
+        self.service.startService()
+        return self.wait_connected()
+
+    def wait_connected(self, timeout: float = 10) -> Deferred[None]:
+        """Fires once the broker session is up."""
+        from twisted.internet import reactor
+
+        return ensureDeferred(
+            poll(
+                reactor,
+                lambda: self.session.connected,
+                timeout,
+                lambda: "the gateway did not connect to its broker",
+            )
+        )
+
+    def stop(self) -> Deferred[Any]:
+        """Stop every service."""
+        return self.service.stopService()  # type: ignore[no-any-return]
+
+    def topic_url(self, topic: str, query: str = "") -> str:
+        """The URL of C{POST /topics/{topic}?query}."""
+        return f"{self.url}/topics/{topic}" + (f"?{query}" if query else "")

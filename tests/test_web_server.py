@@ -1,0 +1,813 @@
+"""
+The HTTP/1.x server protocol: parsing, ordering, limits, timeouts, failures and the
+access log (SPEC sections 8 and 10), over in-memory transports and a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv6Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import (
+    StringTransport,
+    StringTransportWithDisconnection,
+)
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides
+
+from gateway.errors import Code, GatewayError
+from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.server import HTTPServerFactory, HTTPServerProtocol
+
+DATE_0 = b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+STANDARD = DATE_0 + b"Server: mqtt-http-gateway\r\n"
+
+Answer = Callable[[HTTPRequest], "HTTPResponse | Deferred[HTTPResponse]"]
+
+
+def ok(request: HTTPRequest) -> HTTPResponse:
+    return HTTPResponse(200, (("X-Message-Id", "AB12"),))
+
+
+class Handler:
+    """Records requests and answers with C{answer} (200 at once by default)."""
+
+    def __init__(self, answer: Answer = ok) -> None:
+        self.answer = answer
+        self.requests: list[HTTPRequest] = []
+        self.errors: list[tuple[HTTPRequest, GatewayError]] = []
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
+        self.requests.append(request)
+        return self.answer(request)
+
+    def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+        self.errors.append((request, error))
+        body = json.dumps({"code": error.code.value, "message": error.message})
+        return HTTPResponse(
+            error.status,
+            (("Content-Type", "application/json"), *error.response_headers()),
+            body.encode(),
+            AccessLogFields(client_id="errors"),
+        )
+
+
+class Deferring:
+    """An answer that hands out a new, unfired Deferred per request."""
+
+    def __init__(self) -> None:
+        self.deferreds: list[Deferred[HTTPResponse]] = []
+
+    def __call__(self, request: HTTPRequest) -> Deferred[HTTPResponse]:
+        d: Deferred[HTTPResponse] = Deferred()
+        self.deferreds.append(d)
+        return d
+
+
+class Connection:
+    """A server protocol connected to an in-memory transport."""
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        transport: StringTransport | None = None,
+        **options: Any,
+    ) -> None:
+        self.handler = handler or Handler()
+        self.clock = Clock()
+        self.log: list[dict[str, object]] = []
+        self.factory = HTTPServerFactory(
+            self.handler, clock=self.clock, access_log=self.log.append, **options
+        )
+        self.protocol = self.factory.buildProtocol(None)
+        if transport is None:
+            transport = StringTransportWithDisconnection()
+        self.transport = transport
+        if isinstance(transport, StringTransportWithDisconnection):
+            transport.protocol = self.protocol
+        self.protocol.makeConnection(transport)
+
+    def send(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.protocol.dataReceived(chunk)
+
+    def output(self) -> bytes:
+        value: bytes = self.transport.value()
+        self.transport.clear()
+        return value
+
+    @property
+    def closed(self) -> bool:
+        return bool(
+            self.transport.disconnecting or not getattr(self.transport, "connected", 1)
+        )
+
+
+def post(
+    target: bytes = b"/topics/a",
+    body: bytes = b"hello",
+    headers: bytes = b"",
+    version: bytes = b"1.1",
+) -> bytes:
+    return b"POST %s HTTP/%s\r\nHost: gw\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        target,
+        version,
+        len(body),
+        headers,
+        body,
+    )
+
+
+def responses(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Split C{data} into (status, headers, body) using Content-Length."""
+    result = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b": ")
+            headers[name.lower()] = value
+        length = int(headers.get(b"content-length", b"0"))
+        result.append((status, headers, data[:length]))
+        data = data[length:]
+    return result
+
+
+def statuses(data: bytes) -> list[int]:
+    return [status for status, _, _ in responses(data)]
+
+
+def error_code(data: bytes) -> str:
+    [(_, _, body)] = responses(data)
+    code: str = json.loads(body)["code"]
+    return code
+
+
+class RoundTripTests(SynchronousTestCase):
+    def test_post(self) -> None:
+        """A POST becomes an L{HTTPRequest}; the response bytes are exact."""
+        c = Connection()
+        c.send(post(b"/topics/a%2Fb?qos=1&x=%20", b'{"m": 1}'))
+        self.assertEqual(
+            c.output(),
+            b"HTTP/1.1 200 OK\r\nX-Message-Id: AB12\r\nContent-Length: 0\r\n"
+            + STANDARD
+            + b"\r\n",
+        )
+        [request] = c.handler.requests
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.path, b"/topics/a%2Fb")
+        self.assertEqual(request.query, b"qos=1&x=%20")
+        self.assertEqual(request.headers, ((b"host", b"gw"), (b"content-length", b"8")))
+        self.assertEqual(request.body, b'{"m": 1}')
+        self.assertEqual(request.http_version, "1.1")
+        self.assertEqual(request.peer, "192.168.1.1:54321")
+        self.assertEqual(len(request.connection_id), 16)
+        self.assertTrue(request.keep_alive)
+        self.assertIsNone(request.peer_certificate)
+        self.assertFalse(c.closed)
+
+    def test_body_as_sent(self) -> None:
+        """A form-encoded body is not parsed; header names are lower-cased."""
+        c = Connection()
+        c.send(
+            post(
+                body=b"a=1&b=%41",
+                headers=b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"X-Mixed-Case: V\r\n",
+            )
+        )
+        [request] = c.handler.requests
+        self.assertEqual(request.body, b"a=1&b=%41")
+        self.assertEqual(request.query, b"")
+        self.assertEqual(request.header(b"x-mixed-case"), b"V")
+
+    def test_response_body_and_headers(self) -> None:
+        """The response's headers come first, then Content-Length, Date, Server."""
+        c = Connection(
+            Handler(lambda r: HTTPResponse(201, (("A", "1"), ("B", "2")), b"xyz"))
+        )
+        c.send(post())
+        self.assertEqual(
+            c.output(),
+            b"HTTP/1.1 201 Created\r\nA: 1\r\nB: 2\r\nContent-Length: 3\r\n"
+            + STANDARD
+            + b"\r\nxyz",
+        )
+
+    def test_header_sanitising(self) -> None:
+        """CR/LF in header values cannot split the response; reserved names go."""
+        c = Connection(
+            Handler(
+                lambda r: HTTPResponse(
+                    200,
+                    (
+                        ("X-Evil", "a\r\nSet-Cookie: x"),
+                        ("content-length", "99"),
+                        ("Connection", "keep-alive"),
+                    ),
+                )
+            )
+        )
+        c.send(post())
+        self.assertEqual(
+            c.output(),
+            b"HTTP/1.1 200 OK\r\nX-Evil: a  Set-Cookie: x\r\nContent-Length: 0\r\n"
+            + STANDARD
+            + b"\r\n",
+        )
+
+    def test_head_has_no_body(self) -> None:
+        """A response to HEAD keeps its Content-Length but sends no body."""
+        c = Connection(Handler(lambda r: HTTPResponse(405, (), b"nope")))
+        c.send(b"HEAD /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n")
+        self.assertEqual(
+            c.output(),
+            (
+                b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 4\r\n"
+                + STANDARD
+                + b"\r\n"
+            )
+            + (
+                b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 4\r\n"
+                + STANDARD
+                + b"\r\nnope"
+            ),
+        )
+
+    def test_unknown_status(self) -> None:
+        c = Connection(Handler(lambda r: HTTPResponse(299)))
+        c.send(post())
+        self.assertTrue(c.output().startswith(b"HTTP/1.1 299 Unknown\r\n"))
+
+    def test_date_follows_clock(self) -> None:
+        """The Date header is the clock's time (cached per second)."""
+        c = Connection(idle_timeout=1e10)
+        c.clock.advance(86400 + 0.5)
+        c.send(post())
+        self.assertIn(b"Date: Fri, 02 Jan 1970 00:00:00 GMT\r\n", c.output())
+        c.clock.advance(1)
+        c.send(post())
+        self.assertIn(b"Date: Fri, 02 Jan 1970 00:00:01 GMT\r\n", c.output())
+
+    def test_absolute_form(self) -> None:
+        """An absolute-form target yields the path and query alone."""
+        c = Connection()
+        c.send(b"GET http://gw:8080/topics/x?qos=0 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        c.send(b"GET http://gw?qos=2 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        first, second = c.handler.requests
+        self.assertEqual((first.path, first.query), (b"/topics/x", b"qos=0"))
+        self.assertEqual((second.path, second.query), (b"/", b"qos=2"))
+
+    def test_ipv6_peer(self) -> None:
+        transport = StringTransportWithDisconnection(
+            peerAddress=IPv6Address("TCP", "::1", 4433)
+        )
+        c = Connection(transport=transport)
+        c.send(post())
+        self.assertEqual(c.handler.requests[0].peer, "[::1]:4433")
+
+    def test_alpn(self) -> None:
+        """Under TLS, ALPN offers HTTP/1.1 and HTTP/1.0 (for C{curl --http1.0})."""
+        factory = HTTPServerFactory(Handler(), clock=Clock())
+        self.assertTrue(IProtocolNegotiationFactory.providedBy(factory))
+        self.assertEqual(factory.acceptableProtocols(), [b"http/1.1", b"http/1.0"])
+
+    def test_open_connections(self) -> None:
+        c = Connection()
+        self.assertEqual(c.factory.open_connections, 1)
+        other = c.factory.buildProtocol(None)
+        t = StringTransportWithDisconnection()
+        t.protocol = other
+        other.makeConnection(t)
+        self.assertEqual(c.factory.open_connections, 2)
+        t.loseConnection()
+        c.transport.loseConnection()
+        self.assertEqual(c.factory.open_connections, 0)
+
+
+class FakeCertificate:
+    def __init__(self) -> None:
+        self.converted = object()
+
+    def to_cryptography(self) -> object:
+        return self.converted
+
+
+class TLSTransport(StringTransportWithDisconnection):
+    def __init__(self, certificate: FakeCertificate | None) -> None:
+        super().__init__()
+        directlyProvides(self, ISSLTransport)
+        self.certificate = certificate
+        self.fetched = 0
+
+    def getPeerCertificate(self) -> FakeCertificate | None:
+        self.fetched += 1
+        return self.certificate
+
+
+class CertificateTests(SynchronousTestCase):
+    def test_fetched_once_lazily(self) -> None:
+        """The client certificate is read at the first request, then reused."""
+        certificate = FakeCertificate()
+        transport = TLSTransport(certificate)
+        c = Connection(transport=transport)
+        self.assertEqual(transport.fetched, 0)
+        c.send(post(), post())
+        self.assertEqual(transport.fetched, 1)
+        for request in c.handler.requests:
+            self.assertIs(request.peer_certificate, certificate.converted)
+
+    def test_no_certificate(self) -> None:
+        transport = TLSTransport(None)
+        c = Connection(transport=transport)
+        c.send(post(), post())
+        self.assertEqual(transport.fetched, 1)
+        self.assertIsNone(c.handler.requests[1].peer_certificate)
+
+
+class ConnectionTests(SynchronousTestCase):
+    def test_http10_closes(self) -> None:
+        """HTTP/1.0 connections close after the response, keep-alive or not."""
+        for extra in (b"", b"Connection: keep-alive\r\n"):
+            c = Connection()
+            c.send(post(version=b"1.0", headers=extra) + post())
+            [(status, headers, _)] = responses(c.output())
+            self.assertEqual(status, 200)
+            self.assertEqual(headers[b"connection"], b"close")
+            self.assertTrue(c.closed)
+            [request] = c.handler.requests
+            self.assertEqual(request.http_version, "1.0")
+            self.assertFalse(request.keep_alive)
+
+    def test_keep_alive(self) -> None:
+        """HTTP/1.1 connections stay open for further requests."""
+        c = Connection()
+        c.send(post())
+        c.send(post(b"/topics/b"))
+        self.assertEqual(statuses(c.output()), [200, 200])
+        self.assertFalse(c.closed)
+        first, second = c.handler.requests
+        self.assertEqual(first.connection_id, second.connection_id)
+        self.assertEqual(second.path, b"/topics/b")
+
+    def test_connection_close(self) -> None:
+        """C{Connection: close} closes after the response; later bytes are ignored."""
+        c = Connection()
+        c.send(post(headers=b"Connection: close\r\n") + post())
+        [(_, headers, _)] = responses(c.output())
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertTrue(c.closed)
+        self.assertEqual(len(c.handler.requests), 1)
+        self.assertFalse(c.handler.requests[0].keep_alive)
+
+    def test_pipelined_in_order(self) -> None:
+        """
+        Pipelined requests are all dispatched at once; their responses go out in
+        request order even when the handler answers in reverse order.
+        """
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post(b"/1") + post(b"/2") + post(b"/3")[:20])
+        c.send(post(b"/3")[20:])
+        self.assertEqual(len(answer.deferreds), 3)
+        for n, d in reversed(list(enumerate(answer.deferreds, 1))):
+            d.callback(HTTPResponse(200, body=b"%d" % n))
+            if n > 1:
+                self.assertEqual(c.output(), b"")
+        self.assertEqual(
+            [body for _, _, body in responses(c.output())], [b"1", b"2", b"3"]
+        )
+        self.assertEqual([entry["path"] for entry in c.log], ["/1", "/2", "/3"])
+
+    def test_pipelined_partial_flush(self) -> None:
+        """Each response goes out as soon as all earlier ones have."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post(b"/1") + post(b"/2") + post(b"/3"))
+        d1, d2, d3 = answer.deferreds
+        d2.callback(HTTPResponse(202))
+        self.assertEqual(c.output(), b"")
+        d1.callback(HTTPResponse(201))
+        self.assertEqual(statuses(c.output()), [201, 202])
+        d3.callback(HTTPResponse(203))
+        self.assertEqual(statuses(c.output()), [203])
+
+    def test_chunked(self) -> None:
+        """A chunked body arrives decoded."""
+        c = Connection()
+        c.send(
+            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"6\r\n world\r\n0\r\n\r\n",
+        )
+        self.assertEqual(c.handler.requests[0].body, b"hello world")
+        self.assertEqual(statuses(c.output()), [200])
+
+    def test_max_pipeline(self) -> None:
+        """Reading pauses at max_pipeline outstanding requests, resumes below."""
+        answer = Deferring()
+        c = Connection(Handler(answer), max_pipeline=2)
+        c.send(post())
+        self.assertEqual(c.transport.producerState, "producing")
+        c.send(post())
+        self.assertEqual(c.transport.producerState, "paused")
+        answer.deferreds[1].callback(HTTPResponse(200))
+        self.assertEqual(c.transport.producerState, "paused")
+        answer.deferreds[0].callback(HTTPResponse(200))
+        self.assertEqual(c.transport.producerState, "producing")
+        self.assertEqual(statuses(c.output()), [200, 200])
+
+
+class LimitTests(SynchronousTestCase):
+    def assertRefused(
+        self, c: Connection, status: int, code: Code, *, linger: bool = True
+    ) -> None:
+        [(got, headers, body)] = responses(c.output())
+        self.assertEqual(got, status)
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(json.loads(body)["code"], code.value)
+        self.assertEqual(c.handler.requests, [])
+        if linger:
+            # Input is read and dropped for a moment, then the connection closes.
+            self.assertFalse(c.closed)
+            c.send(b"more body bytes " * 100)
+            self.assertEqual(c.output(), b"")
+            c.clock.advance(2)
+        self.assertTrue(c.closed)
+
+    def test_413_content_length(self) -> None:
+        """A declared body over max_body is refused before it is read."""
+        c = Connection(max_body=10)
+        c.send(post(body=b"x" * 11)[:-11])
+        self.assertRefused(c, 413, Code.PayloadTooLarge)
+        [(request, _)] = c.handler.errors
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.path, b"/topics/a")
+        self.assertEqual(request.body, b"")
+
+    def test_body_at_limit(self) -> None:
+        c = Connection(max_body=10)
+        c.send(post(body=b"x" * 10))
+        self.assertEqual(statuses(c.output()), [200])
+
+    def test_413_chunked(self) -> None:
+        """A chunked body that grows past max_body is refused as it grows."""
+        c = Connection(max_body=10)
+        c.send(b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send(b"6\r\nhello \r\n")
+        self.assertEqual(c.output(), b"")
+        c.send(b"6\r\nworld!\r\n")
+        self.assertRefused(c, 413, Code.PayloadTooLarge)
+
+    def test_100_continue(self) -> None:
+        """C{Expect: 100-continue} gets an interim response once headers pass."""
+        c = Connection()
+        c.send(post(headers=b"Expect: 100-continue\r\n")[:-5])
+        self.assertEqual(c.output(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        c.send(b"hello")
+        self.assertEqual(statuses(c.output()), [200])
+        self.assertEqual(c.handler.requests[0].body, b"hello")
+
+    def test_100_continue_refused(self) -> None:
+        """Over max_body, the answer to C{Expect: 100-continue} is 413 instead."""
+        c = Connection(max_body=4)
+        c.send(post(headers=b"Expect: 100-continue\r\n")[:-5])
+        self.assertRefused(c, 413, Code.PayloadTooLarge)
+
+    def test_100_continue_after_earlier_responses(self) -> None:
+        """The interim response waits for the earlier pipelined responses."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post() + post(headers=b"Expect: 100-continue\r\n")[:-5])
+        self.assertEqual(c.output(), b"")
+        answer.deferreds[0].callback(HTTPResponse(200))
+        data = c.output()
+        self.assertTrue(data.endswith(b"\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n"), data)
+
+    def test_414(self) -> None:
+        """A request target over max_target_bytes is refused as it arrives."""
+        c = Connection(max_target_bytes=100)
+        c.send(b"GET /" + b"a" * 60)
+        self.assertEqual(c.output(), b"")
+        c.send(b"a" * 60)
+        self.assertRefused(c, 414, Code.UriTooLong)
+
+    def test_431_flood(self) -> None:
+        """A header flood is cut as soon as it passes max_header_bytes."""
+        c = Connection(max_header_bytes=1000)
+        c.send(b"POST /t HTTP/1.1\r\n")
+        sent = 0
+        while not c.transport.value():
+            # 32 counted bytes each: the 32nd passes 1000, seen as the 33rd starts
+            c.send(b"X-Header-%03d: %s\r\n" % (sent, b"v" * 20))
+            sent += 1
+        self.assertEqual(sent, 33)
+        self.assertRefused(c, 431, Code.HeadersTooLarge)
+
+    def test_431_one_huge_header(self) -> None:
+        """One header that never ends is cut too (within one read of the limit)."""
+        c = Connection(max_header_bytes=1000, max_target_bytes=1000)
+        c.send(b"POST /t HTTP/1.1\r\nX-Huge: ")
+        sent = 0
+        while not c.transport.value() and sent < 1000:
+            c.send(b"v" * 1000)
+            sent += 1
+        self.assertLessEqual(sent, 8)
+        self.assertRefused(c, 431, Code.HeadersTooLarge)
+
+    def test_headers_at_limit(self) -> None:
+        c = Connection(max_header_bytes=20)
+        c.send(b"GET / HTTP/1.1\r\nAbc: " + b"v" * 17 + b"\r\n\r\n")
+        self.assertEqual(statuses(c.output()), [200])
+
+    def test_400_garbage(self) -> None:
+        c = Connection()
+        c.send(b"\x00\x01garbage\r\n\r\n")
+        self.assertRefused(c, 400, Code.BadRequest)
+        [(request, _)] = c.handler.errors
+        self.assertEqual((request.method, request.path), ("", b""))
+
+    def test_400_content_length_and_chunked(self) -> None:
+        """Content-Length together with Transfer-Encoding is request smuggling."""
+        c = Connection()
+        c.send(
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        self.assertRefused(c, 400, Code.BadRequest)
+
+    def test_400_bad_chunk(self) -> None:
+        c = Connection()
+        c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        self.assertRefused(c, 400, Code.BadRequest)
+
+    def test_400_upgrade(self) -> None:
+        c = Connection()
+        c.send(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        self.assertRefused(c, 400, Code.BadRequest)
+
+    def test_400_connect(self) -> None:
+        c = Connection()
+        c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertRefused(c, 400, Code.BadRequest)
+
+    def test_505(self) -> None:
+        c = Connection()
+        c.send(b"GET / HTTP/2.0\r\n\r\n")
+        [(status, _, _)] = responses(c.output())
+        self.assertEqual(status, 505)
+
+    def test_error_after_pipelined(self) -> None:
+        """An error behind a pending request is answered after its response."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post() + b"garbage\r\n\r\n")
+        self.assertEqual(c.output(), b"")
+        answer.deferreds[0].callback(HTTPResponse(200))
+        self.assertEqual(statuses(c.output()), [200, 400])
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    def test_idle_keep_alive(self) -> None:
+        """A keep-alive connection with nothing to do closes after idle_timeout."""
+        c = Connection(idle_timeout=10)
+        c.clock.advance(5)
+        c.send(post())
+        c.clock.advance(9.9)
+        self.assertFalse(c.closed)
+        c.clock.advance(0.1)
+        self.assertTrue(c.closed)
+
+    def test_never_used(self) -> None:
+        c = Connection(idle_timeout=10)
+        c.clock.advance(10)
+        self.assertTrue(c.closed)
+
+    def test_stalled_request(self) -> None:
+        """A request stalled half-way is dropped after idle_timeout."""
+        c = Connection(idle_timeout=10)
+        c.send(post()[:30])
+        c.clock.advance(6)
+        c.send(post()[30:40])
+        c.clock.advance(9)
+        self.assertFalse(c.closed)
+        c.clock.advance(1)
+        self.assertTrue(c.closed)
+        self.assertEqual(c.output(), b"")
+
+    def test_pending_handler_is_not_idle(self) -> None:
+        """Waiting for a handler's Deferred is not idling."""
+        answer = Deferring()
+        c = Connection(Handler(answer), idle_timeout=10)
+        c.send(post())
+        c.clock.advance(100)
+        self.assertFalse(c.closed)
+        answer.deferreds[0].callback(HTTPResponse(200))
+        self.assertEqual(statuses(c.output()), [200])
+        c.clock.advance(9)
+        self.assertFalse(c.closed)
+        c.clock.advance(1)
+        self.assertTrue(c.closed)
+
+
+class FailureTests(SynchronousTestCase):
+    def test_handler_raises(self) -> None:
+        """An unexpected exception is logged and answered 500 by render_error."""
+
+        def broken(request: HTTPRequest) -> HTTPResponse:
+            raise ZeroDivisionError("secret detail")
+
+        c = Connection(Handler(broken))
+        c.send(post())
+        data = c.output()
+        self.assertEqual(statuses(data), [500])
+        self.assertEqual(error_code(data), "InternalError")
+        self.assertNotIn(b"secret", data)
+        self.assertNotIn(b"Traceback", data)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertFalse(c.closed)
+
+    def test_handler_raises_gateway_error(self) -> None:
+        def refuse(request: HTTPRequest) -> HTTPResponse:
+            raise GatewayError(Code.RateLimited, "slow down", retry_after=3)
+
+        c = Connection(Handler(refuse))
+        c.send(post())
+        [(status, headers, _)] = responses(c.output())
+        self.assertEqual((status, headers[b"retry-after"]), (429, b"3"))
+
+    def test_deferred_fails_with_gateway_error(self) -> None:
+        c = Connection(
+            Handler(lambda r: fail(GatewayError(Code.BrokerUnavailable, "down")))
+        )
+        c.send(post())
+        self.assertEqual(error_code(c.output()), "BrokerUnavailable")
+
+    def test_deferred_fails_otherwise(self) -> None:
+        c = Connection(Handler(lambda r: fail(KeyError("k"))))
+        c.send(post())
+        self.assertEqual(error_code(c.output()), "InternalError")
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_not_a_response(self) -> None:
+        c = Connection(Handler(lambda r: succeed("nonsense")))  # type: ignore[arg-type,return-value]
+        c.send(post())
+        self.assertEqual(error_code(c.output()), "InternalError")
+
+    def test_render_error_raises(self) -> None:
+        """If render_error itself fails, a plain response still goes out."""
+        handler = Handler()
+
+        def render_error(request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+            raise RuntimeError("oops")
+
+        handler.render_error = render_error  # type: ignore[method-assign]
+        c = Connection(handler)
+        c.send(b"garbage\r\n\r\n")
+        [(status, _, body)] = responses(c.output())
+        self.assertEqual((status, body), (400, b"malformed HTTP request\n"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_connection_lost_before_answer(self) -> None:
+        """Answers arriving after the connection is gone are dropped quietly."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post() + post() + post())
+        c.transport.loseConnection()
+        self.assertEqual(c.factory.open_connections, 0)
+        d1, d2, d3 = answer.deferreds
+        d2.callback(HTTPResponse(200))
+        d1.errback(GatewayError(Code.BrokerUnavailable, "down"))
+        d3.callback(HTTPResponse(200))
+        self.assertEqual(c.output(), b"")
+        self.assertEqual(c.log, [])
+        for d in answer.deferreds:
+            self.assertIsNone(self.successResultOf(d))
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_entry(self) -> None:
+        """One entry per response, with exactly the keys of SPEC section 10."""
+        answer = Deferring()
+        c = Connection(Handler(answer), idle_timeout=1e10)
+        c.clock.advance(1714564800.25)
+        c.send(post(b"/topics/a%2Fb?qos=1")[:10])
+        c.clock.advance(0.0015)
+        c.send(post(b"/topics/a%2Fb?qos=1")[10:])
+        c.clock.advance(0.01)
+        answer.deferreds[0].callback(
+            HTTPResponse(
+                200,
+                body=b"12",
+                log=AccessLogFields(client_id="dev1", user="u", message_id="M1"),
+            )
+        )
+        [entry] = c.log
+        self.assertEqual(
+            entry,
+            {
+                "time": "2024-05-01T12:00:00.261Z",
+                "peer": "192.168.1.1:54321",
+                "method": "POST",
+                "path": "/topics/a%2Fb",
+                "http_version": "1.1",
+                "status": 200,
+                "bytes": 2,
+                "duration_ms": 11.5,
+                "client_id": "dev1",
+                "user": "u",
+                "message_id": "M1",
+            },
+        )
+
+    def test_server_error_logged(self) -> None:
+        """Errors the server detects itself are logged with what is known."""
+        c = Connection(max_body=1)
+        c.send(post(body=b"toolong"))
+        [entry] = c.log
+        self.assertEqual(entry["status"], 413)
+        self.assertEqual(entry["method"], "POST")
+        self.assertEqual(entry["path"], "/topics/a")
+        self.assertEqual(entry["client_id"], "errors")
+        self.assertIsNone(entry["message_id"])
+
+    def test_garbage_logged(self) -> None:
+        c = Connection()
+        c.send(b"\x16\x03\x01 tls hello")
+        [entry] = c.log
+        self.assertEqual(
+            (entry["status"], entry["method"], entry["path"]), (400, "", "")
+        )
+
+    def test_access_log_failure_contained(self) -> None:
+        c = Connection()
+
+        def broken(entry: dict[str, object]) -> None:
+            raise OSError("disk full")
+
+        c.factory.access_log = broken
+        c.send(post(), post())
+        self.assertEqual(statuses(c.output()), [200, 200])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+
+PIECES = [
+    b"POST /t?x=1 HTTP/1.1\r\n",
+    b"GET / HTTP/1.0\r\n",
+    b"Content-Length: 3\r\n",
+    b"Content-Length: 99999999999999999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n",
+    b"Upgrade: h2c\r\nConnection: Upgrade\r\n",
+    b"Host: x\r\n",
+    b"\r\n",
+    b"abc",
+    b"3\r\nabc\r\n",
+    b"0\r\n\r\n",
+    b" ",
+    b":",
+]
+
+
+class FuzzTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(st.binary(max_size=30), st.sampled_from(PIECES)), max_size=25
+        ),
+        st.data(),
+    )
+    def test_arbitrary_input(self, pieces: list[bytes], data: st.DataObject) -> None:
+        """
+        Any bytes in any chunks: nothing escapes dataReceived; what is written is a
+        sequence of well-formed responses, and errors close the connection.
+        """
+        stream = b"".join(pieces)
+        cuts = sorted(
+            data.draw(st.lists(st.integers(0, len(stream)), max_size=8), label="cuts")
+        )
+        c = Connection(max_body=100, max_header_bytes=200, max_target_bytes=50)
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            c.send(stream[start:cut])
+            start = cut
+        c.clock.advance(3)
+        out = c.output().replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
+        found = responses(out)
+        for status, headers, _ in found:
+            self.assertIn(status, {200, 400, 413, 414, 431, 505})
+            if status != 200:
+                self.assertEqual(headers[b"connection"], b"close")
+                self.assertTrue(c.closed)
+        self.assertEqual(len(found), len(c.log))
+        self.assertIsInstance(c.protocol, HTTPServerProtocol)
