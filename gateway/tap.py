@@ -10,6 +10,7 @@ C{startService}.
 
 from __future__ import annotations
 
+import signal
 import socket
 from typing import Any
 
@@ -267,6 +268,39 @@ class _StartFirst(Service):
         return self.broker.stopService()
 
 
+class _ExitCleanlyOnSIGTERM(Service):
+    """
+    Makes SIGTERM (systemd's stop) a clean shutdown with exit status 0: twistd's own
+    handler would end the process by re-raising the signal once the reactor stopped.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        # After the reactor's own handlers are in place.
+        self._reactor.callWhenRunning(self._install)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _install(self) -> None:
+        if self.running:
+            self._previous = signal.signal(
+                signal.SIGTERM,
+                lambda *_: self._reactor.callFromThread(self._stop),
+            )
+
+    def _stop(self) -> None:
+        log.info("Received SIGTERM, shutting down.")
+        self._reactor.stop()
+
+
 def makeService(options: Options) -> IService:
     """
     The service tree of the daemon, built from checked options.
@@ -299,6 +333,11 @@ def makeService(options: Options) -> IService:
             address=f"{address.host}:{address.port}",
         )
 
+    else:
+        log.warn(
+            "This version does not authenticate HTTP requests: every request may "
+            "publish (as its client_id), whatever [auth] allow_anonymous says."
+        )
     session = BrokerSession(
         options.brokers,
         settings,
@@ -319,6 +358,7 @@ def makeService(options: Options) -> IService:
         access_log=access_log,
         clock=reactor,
     )
+    _ExitCleanlyOnSIGTERM(reactor).setServiceParent(root)
     for description in config.http.listen:
         Listener(
             description, serverFromString(reactor, description), factory

@@ -234,7 +234,7 @@ class ExampleFileTests(SynchronousTestCase):
         self.assertFalse(c.embedded_broker)
         folder = os.path.dirname(EXAMPLE)
         self.assertEqual(c.tls.cert, os.path.join(folder, "server.crt"))
-        self.assertEqual(c.auth.password_file, os.path.join(folder, "passwords"))
+        self.assertIsNone(c.auth.password_file)
 
     def test_every_key(self) -> None:
         """The example sets every key of SPEC section 3, and no other."""

@@ -1,0 +1,259 @@
+"""
+The command line: C{twistd mqtt-http-gateway} starts from a config file or from
+nothing, documents its options, and refuses bad configuration with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from gateway.tap import Options, StartupError
+from tests.brokers import Amqtt, Mosquitto, Subscriber, free_port, poll
+from tests.gateway import curl
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "conf", "gateway.toml")
+
+
+def write(text: str) -> str:
+    path = os.path.join(tempfile.mkdtemp(), "gateway.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def twistd(*args: str) -> Deferred[tuple[bytes, bytes, int]]:
+    return getProcessOutputAndValue(  # type: ignore[no-any-return]
+        TWISTD, ("--pidfile=", "-n", "mqtt-http-gateway", *args), env=os.environ
+    )
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def refused(self, *args: str) -> str:
+        with self.assertRaises(StartupError) as e:
+            self.parse(*args)
+        message = str(e.exception.code)
+        self.assertTrue(message.startswith("mqtt-http-gateway: "), message)
+        self.assertNotIn("\n", message)
+        return message
+
+    def test_defaults(self) -> None:
+        """With nothing given: HTTP on 127.0.0.1:8080 and the embedded broker."""
+        options = self.parse()
+        self.assertEqual(options.config.http.listen, ("tcp:8080:interface=127.0.0.1",))
+        self.assertTrue(options.config.embedded_broker)
+        self.assertEqual([b.name for b in options.brokers], ["mqtt://127.0.0.1:1883"])
+
+    def test_overrides(self) -> None:
+        """--listen and --broker are repeatable and replace the file's values."""
+        options = self.parse(
+            "--config",
+            EXAMPLE,
+            "--listen",
+            "tcp:1",
+            "--listen",
+            "tcp:2",
+            "--broker",
+            "mqtt://a",
+            "--broker",
+            "mqtts://b:8884",
+        )
+        self.assertEqual(options.config.http.listen, ("tcp:1", "tcp:2"))
+        self.assertEqual(
+            [b.name for b in options.brokers], ["mqtt://a", "mqtts://b:8884"]
+        )
+        self.assertFalse(options.config.embedded_broker)
+
+    def test_bad_values(self) -> None:
+        """Unknown keys, bad types, bad endpoints, bad URIs: one line naming them."""
+        self.assertIn(
+            "http.listn", self.refused("--config", write("[http]\nlistn = []\n"))
+        )
+        self.assertIn(
+            "mqtt.keepalive",
+            self.refused("--config", write('[mqtt]\nkeepalive = "x"\n')),
+        )
+        self.assertIn(
+            "http.listen: bad endpoint 'tcpp:80'",
+            self.refused("--config", write('[http]\nlisten = ["tcpp:80"]\n')),
+        )
+        self.assertIn("--broker", self.refused("--broker", "http://x"))
+        self.assertIn("nope.toml", self.refused("--config", "/nonexistent/nope.toml"))
+
+    def test_unsupported_features_refused(self) -> None:
+        """Settings for what this version cannot do are refused, not ignored."""
+        self.assertIn(
+            "auth.mode", self.refused("--config", write('[auth]\nmode = "broker"\n'))
+        )
+
+
+class CommandLineTests(TestCase):
+    """The real twistd, as an operator runs it."""
+
+    timeout = 60
+
+    async def test_help(self) -> None:
+        """--help documents every option of SPEC 2."""
+        out, err, code = await getProcessOutputAndValue(
+            TWISTD, ("mqtt-http-gateway", "--help"), env=os.environ
+        )
+        self.assertEqual(code, 0, err)
+        for option in ("--config", "--listen", "--tls-listen", "--broker", "--admin"):
+            self.assertIn(option.encode(), out)
+
+    async def test_bad_config(self) -> None:
+        """A bad key stops start-up: exit status 1, one line, no traceback."""
+        out, err, code = await twistd("--config", write("[mqtt]\nkeepalive = -1\n"))
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn(b"mqtt.keepalive", err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    async def test_port_in_use(self) -> None:
+        """A listening port that cannot be bound: exit status 1, one line."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            out, err, code = await twistd(
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            )
+        self.assertEqual(code, 1, out + err)
+        # twistd has taken over standard error by then: the line is in its log.
+        self.assertIn(f"cannot listen on tcp:{port}".encode(), out + err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    async def run_daemon(self, *args: str) -> tuple[int, str]:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ProcessProtocol
+
+        port = free_port()
+        ended: Deferred[int] = Deferred()
+        output: list[bytes] = []
+
+        class Watch(ProcessProtocol):
+            def outReceived(self, data: bytes) -> None:
+                output.append(data)
+
+            errReceived = outReceived
+
+            def processEnded(self, reason: object) -> None:
+                ended.callback(reason.value.exitCode)  # type: ignore[attr-defined]
+
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            Watch(),
+            TWISTD,
+            [
+                TWISTD,
+                "--pidfile=",
+                "-n",
+                "mqtt-http-gateway",
+                *args,
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            env=os.environ,
+        )
+
+        def stop() -> Deferred[int]:
+            if not ended.called:
+                process.signalProcess(signal.SIGKILL)
+            return ended
+
+        self.addCleanup(stop)
+        await poll(
+            reactor,
+            lambda: b"Connected to" in b"".join(output) or ended.called,
+            15,
+            lambda: b"".join(output).decode(errors="replace"),
+        )
+        self.output = output
+        self.process = process
+        self.ended = ended
+        return port, b"".join(output).decode(errors="replace")
+
+    async def test_example_config(self) -> None:
+        """twistd with conf/gateway.toml (broker moved to a test Mosquitto) serves
+        the seed example; SIGTERM stops it with exit status 0."""
+        broker = Mosquitto()
+        self.addCleanup(broker.stop)
+        await broker.start()
+        subscriber = Subscriber("127.0.0.1", broker.port, "#")
+        self.addCleanup(subscriber.stop)
+        await subscriber.start()
+        port, log = await self.run_daemon(
+            "--config", EXAMPLE, "--broker", f"mqtt://127.0.0.1:{broker.port}"
+        )
+        self.assertIn("Connected to", log)
+        result = await curl(
+            "--request",
+            "POST",
+            "-H",
+            "Authorization: Basic dXNlcjA6c2VjcmV0MA==",
+            "--data",
+            '{ "message": "Hello, world" }',
+            f"http://127.0.0.1:{port}/topics/home?qos=1&client_id=curl-x&retained=false",
+        )
+        self.assertEqual(result.status, 200)
+        self.assertRegex(result.headers["x-message-id"], "^[0-9A-F]{32}$")
+        [message] = await subscriber.wait_for(1)
+        self.assertEqual(
+            (message.topic, message.payload, message.qos, message.retain),
+            ("home", b'{ "message": "Hello, world" }', 1, False),
+        )
+        self.process.signalProcess(signal.SIGTERM)
+        self.assertEqual(await self.ended, 0)
+        access = [
+            line
+            for line in b"".join(self.output).decode().splitlines()
+            if line.startswith("{")
+        ]
+        import json
+
+        [record] = [json.loads(line) for line in access]
+        self.assertEqual(
+            (record["method"], record["path"], record["status"], record["client_id"]),
+            ("POST", "/topics/home", 200, "curl-x"),
+        )
+        self.assertEqual(record["message_id"], result.headers["x-message-id"])
+        self.assertNotIn("Hello", b"".join(self.output).decode())
+
+    async def test_zero_config(self) -> None:
+        """With no configuration: the embedded broker on 127.0.0.1:1883, anonymous
+        publishing, a log line saying so."""
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 1883)) == 0:
+                raise SkipTest("port 1883 is taken on this machine")
+        port, log = await self.run_daemon()
+        self.assertIn("embedded MQTT broker", log)
+        self.assertIn("anonymous", log)
+        subscriber = Subscriber("127.0.0.1", 1883, "#", protocol=4)
+        self.addCleanup(subscriber.stop)
+        await subscriber.start()
+        result = await curl(
+            "-X", "POST", "--data", "hi", f"http://127.0.0.1:{port}/topics/demo?qos=1"
+        )
+        self.assertEqual(result.status, 200)
+        [message] = await subscriber.wait_for(1)
+        self.assertEqual((message.topic, message.payload), ("demo", b"hi"))
+        self.process.signalProcess(signal.SIGTERM)
+        self.assertEqual(await self.ended, 0)
+
+
+del Amqtt, ensureDeferred
