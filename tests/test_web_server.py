@@ -43,6 +43,10 @@ class Handler:
         self.answer = answer
         self.requests: list[HTTPRequest] = []
         self.errors: list[tuple[HTTPRequest, GatewayError]] = []
+        self.closed: list[str] = []
+
+    def connection_closed(self, connection_id: str) -> None:
+        self.closed.append(connection_id)
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         self.requests.append(request)
@@ -684,6 +688,7 @@ class FailureTests(SynchronousTestCase):
         c.send(post() + post() + post())
         c.transport.loseConnection()
         self.assertEqual(c.factory.open_connections, 0)
+        self.assertEqual(c.factory.handler.closed, [c.protocol.connection_id])  # type: ignore[attr-defined]
         d1, d2, d3 = answer.deferreds
         d2.callback(HTTPResponse(200))
         d1.errback(GatewayError(Code.BrokerUnavailable, "down"))

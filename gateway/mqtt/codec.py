@@ -22,6 +22,7 @@ MQTT_5 = 5
 _MAX_VARINT = 268_435_455
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+_Buffer = bytes | bytearray
 
 
 class MalformedPacket(ValueError):
@@ -38,7 +39,9 @@ class MalformedPacket(ValueError):
         self.reason_code = reason_code
 
 
-@attrs.frozen
+# Not slotted: a frozen slotted class sets its 27 attributes one call at a time,
+# which doubles the cost of creating one on every request.
+@attrs.frozen(slots=False)
 class Properties:
     """
     The MQTT 5 properties of a packet; C{None} or C{()} for each one absent.
@@ -201,9 +204,10 @@ def _binary(value: bytes) -> bytes:
 
 
 def _string(value: str) -> bytes:
-    if "\x00" in value:
-        raise ValueError("MQTT strings may not contain U+0000.")
-    return _binary(value.encode())  # UnicodeEncodeError for lone surrogates
+    data = value.encode()  # UnicodeEncodeError, a ValueError, for lone surrogates
+    if len(data) > 65535 or "\x00" in value:
+        raise ValueError("MQTT strings are 65535 bytes at most, without U+0000.")
+    return _U16.pack(len(data)) + data
 
 
 def _pair(value: tuple[str, str]) -> bytes:
@@ -211,29 +215,33 @@ def _pair(value: tuple[str, str]) -> bytes:
     return _string(name) + _string(text)
 
 
-def _fixed(layout: struct.Struct) -> Callable[[memoryview, int, int], tuple[int, int]]:
-    size = layout.size
-
-    def read(m: memoryview, pos: int, end: int) -> tuple[int, int]:
-        if pos + size > end:
-            raise _truncated()
-        return layout.unpack_from(m, pos)[0], pos + size  # type: ignore[no-any-return]
-
-    return read
+def _read_byte(m: _Buffer, pos: int, end: int) -> tuple[int, int]:
+    if pos >= end:
+        raise _truncated()
+    return m[pos], pos + 1
 
 
-_read_byte = _fixed(struct.Struct("B"))
-_read_u16 = _fixed(_U16)
-_read_u32 = _fixed(_U32)
+def _read_u16(m: _Buffer, pos: int, end: int) -> tuple[int, int]:
+    if pos + 2 > end:
+        raise _truncated()
+    return m[pos] << 8 | m[pos + 1], pos + 2
 
 
-def _read_varint(m: memoryview, pos: int, end: int) -> tuple[int, int]:
+def _read_u32(m: _Buffer, pos: int, end: int) -> tuple[int, int]:
+    if pos + 4 > end:
+        raise _truncated()
+    return int.from_bytes(m[pos : pos + 4]), pos + 4
+
+
+def _read_varint(m: _Buffer, pos: int, end: int) -> tuple[int, int]:
+    if pos < end and m[pos] < 0x80:
+        return m[pos], pos + 1
     value = shift = 0
     for i in range(pos, min(pos + 4, end)):
         byte = m[i]
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
-            if byte == 0 and i > pos:
+            if byte == 0:
                 raise MalformedPacket("A variable byte integer has a needless 0 byte.")
             return value, i + 1
         shift += 7
@@ -242,15 +250,24 @@ def _read_varint(m: memoryview, pos: int, end: int) -> tuple[int, int]:
     raise _truncated()
 
 
-def _read_binary(m: memoryview, pos: int, end: int) -> tuple[bytes, int]:
-    length, pos = _read_u16(m, pos, end)
-    if pos + length > end:
+def _read_field(m: _Buffer, pos: int, end: int) -> tuple[_Buffer, int]:
+    """Read a length-prefixed field (binary data or a string) as raw bytes."""
+    start = pos + 2
+    if start > end:
         raise _truncated()
-    return bytes(m[pos : pos + length]), pos + length
+    stop = start + (m[pos] << 8 | m[pos + 1])
+    if stop > end:
+        raise _truncated()
+    return m[start:stop], stop
 
 
-def _read_string(m: memoryview, pos: int, end: int) -> tuple[str, int]:
-    data, pos = _read_binary(m, pos, end)
+def _read_binary(m: _Buffer, pos: int, end: int) -> tuple[bytes, int]:
+    data, pos = _read_field(m, pos, end)
+    return bytes(data), pos
+
+
+def _read_string(m: _Buffer, pos: int, end: int) -> tuple[str, int]:
+    data, pos = _read_field(m, pos, end)
     try:
         value = data.decode()
     except UnicodeDecodeError:
@@ -260,7 +277,7 @@ def _read_string(m: memoryview, pos: int, end: int) -> tuple[str, int]:
     return value, pos
 
 
-def _read_pair(m: memoryview, pos: int, end: int) -> tuple[tuple[str, str], int]:
+def _read_pair(m: _Buffer, pos: int, end: int) -> tuple[tuple[str, str], int]:
     name, pos = _read_string(m, pos, end)
     value, pos = _read_string(m, pos, end)
     return (name, value), pos
@@ -270,7 +287,7 @@ def _read_pair(m: memoryview, pos: int, end: int) -> tuple[tuple[str, str], int]
 
 
 class _Kind(NamedTuple):
-    read: Callable[[memoryview, int, int], tuple[Any, int]]
+    read: Callable[[_Buffer, int, int], tuple[Any, int]]
     write: Callable[[Any], bytes]
     high: int | None  # the largest value, for integers
 
@@ -288,13 +305,21 @@ class _Spec(NamedTuple):
     ident: int
     name: str
     kind: _Kind
-    low: int = 0
-    high: int | None = None
+    low: int
+    high: int | None
+    write: Callable[[Any], bytes]  # one property, identifier included
     repeats: bool = False
 
 
 def _spec(ident: int, name: str, kind: _Kind, low: int = 0, high: int = -1) -> _Spec:
-    return _Spec(ident, name, kind, low, kind.high if high < 0 else high)
+    prefix, write, top = bytes((ident,)), kind.write, kind.high if high < 0 else high
+
+    def checked(value: Any) -> bytes:
+        if top is not None and not low <= value <= top:
+            raise ValueError(f"{name} cannot be {value!r}.")
+        return prefix + write(value)
+
+    return _Spec(ident, name, kind, low, top, checked)
 
 
 _PROPERTIES = (
@@ -341,7 +366,8 @@ class _Context:
     def __init__(self, packet: str, *idents: int) -> None:
         self.packet = packet
         self.specs = {spec.ident: spec for spec in _PROPERTIES if spec.ident in idents}
-        self.values = _getter([spec.name for spec in self.specs.values()])
+        self.order = tuple(self.specs.values())
+        self.values = _getter([spec.name for spec in self.order])
         others = [spec for spec in _PROPERTIES if spec.ident not in idents]
         self.others = _getter([spec.name for spec in others])
         self.absent = tuple(() if spec.repeats else None for spec in others)
@@ -365,21 +391,20 @@ def _encode_properties(props: Properties, context: _Context) -> bytes:
         return b"\x00"
     if context.others(props) != context.absent:
         raise ValueError(f"{props!r} has properties {context.packet} cannot carry.")
-    parts = []
-    for spec, value in zip(context.specs.values(), context.values(props), strict=True):
+    parts: list[bytes] = []
+    for spec, value in zip(context.order, context.values(props), strict=True):
         if value is None or value == ():
             continue
-        for item in value if spec.repeats else (value,):
-            if spec.high is not None and not spec.low <= item <= spec.high:
-                raise ValueError(f"{spec.name} {item!r} is out of range.")
-            parts.append(bytes((spec.ident,)))
-            parts.append(spec.kind.write(item))
+        if spec.repeats:
+            parts += map(spec.write, value)
+        else:
+            parts.append(spec.write(value))
     body = b"".join(parts)
     return _varint(len(body)) + body
 
 
 def _read_properties(
-    m: memoryview, pos: int, end: int, context: _Context
+    m: _Buffer, pos: int, end: int, context: _Context
 ) -> tuple[Properties, int]:
     length, pos = _read_varint(m, pos, end)
     if not length:
@@ -389,11 +414,12 @@ def _read_properties(
         raise _truncated()
     found: dict[str, Any] = {}
     while pos < stop:
-        ident, pos = _read_varint(m, pos, stop)
-        spec = context.specs.get(ident)
+        # Identifiers are variable byte integers, but one of 128 or more (two
+        # bytes) would not be one of ours anyway.
+        spec = context.specs.get(m[pos])
         if spec is None:
-            raise MalformedPacket(f"{context.packet} has property 0x{ident:02X}.")
-        value, pos = spec.kind.read(m, pos, stop)
+            raise MalformedPacket(f"{context.packet} has property 0x{m[pos]:02X}.")
+        value, pos = spec.kind.read(m, pos + 1, stop)
         if spec.high is not None and not spec.low <= value <= spec.high:
             raise MalformedPacket(f"{spec.name} is {value}.", 0x82)
         if spec.repeats:
@@ -502,8 +528,12 @@ def _encode_publish(packet: Publish, level: int) -> bytes:
     return _frame(first, parts)
 
 
-_ACK_TYPES: dict[int, type[_Ack]] = {0x40: PubAck, 0x50: PubRec, 0x62: PubRel}
-_ACK_TYPES[0x70] = PubComp
+_ACK_TYPES: dict[int, type[_Ack]] = {
+    0x40: PubAck,
+    0x50: PubRec,
+    0x62: PubRel,  # PUBREL's fixed header flags are 0b0010
+    0x70: PubComp,
+}
 _ACK_FIRST_BYTES = {cls: first for first, cls in _ACK_TYPES.items()}
 
 
@@ -548,20 +578,22 @@ _ENCODERS: dict[type, Callable[[Any, int], bytes]] = {
 
 
 def encode(packet: Packet, protocol_level: int) -> bytes:
-    r"""
+    """
     The complete bytes of C{packet} as sent at C{protocol_level}.
 
     A L{Connect} is encoded at its own C{protocol_level}. At level 4 the
     properties must be empty and the reason codes of acknowledgements and
     L{Disconnect} are not sent. At level 5 the short forms are used: an
     acknowledgement with reason code 0 and no properties is the packet id alone,
-    a L{Disconnect} with reason code 0 and no properties is C{b"\\xe0\\x00"}.
+    a L{Disconnect} with reason code 0 and no properties has nothing after the
+    fixed header.
 
     @raise ValueError: if the packet cannot be sent as it is: a value out of
         range, a string longer than 65535 bytes or containing U+0000, a
         wildcard in a topic name, a packet id missing (QoS 1 and 2) or present
         (QoS 0), properties the packet type cannot carry, or more than
         268435455 bytes after the fixed header.
+    @raise TypeError: if C{packet} is not one of the packet classes.
     """
     if protocol_level not in (MQTT_3_1_1, MQTT_5):
         raise ValueError(f"Unknown MQTT protocol level {protocol_level!r}.")
@@ -579,7 +611,7 @@ def _expect_end(pos: int, end: int, what: str) -> None:
         raise MalformedPacket(f"{what} has {end - pos} bytes more than its fields.")
 
 
-def _parse_connect(m: memoryview, pos: int, end: int, first: int, _: int) -> Connect:
+def _parse_connect(m: _Buffer, pos: int, end: int, first: int, _: int) -> Connect:
     name, pos = _read_string(m, pos, end)
     if name not in ("MQTT", "MQIsdp"):
         raise MalformedPacket(f"CONNECT names protocol {name!r}, not MQTT.")
@@ -621,9 +653,7 @@ def _parse_connect(m: memoryview, pos: int, end: int, first: int, _: int) -> Con
     return Connect(client_id, level, clean, keepalive, username, password, will, props)
 
 
-def _parse_connack(
-    m: memoryview, pos: int, end: int, first: int, level: int
-) -> Connack:
+def _parse_connack(m: _Buffer, pos: int, end: int, first: int, level: int) -> Connack:
     if end - pos < 2:
         raise _truncated()
     if m[pos] & 0xFE:
@@ -636,9 +666,7 @@ def _parse_connack(
     return Connack(session_present, reason_code, props)
 
 
-def _parse_publish(
-    m: memoryview, pos: int, end: int, first: int, level: int
-) -> Publish:
+def _parse_publish(m: _Buffer, pos: int, end: int, first: int, level: int) -> Publish:
     qos = first >> 1 & 3
     if qos == 3:
         raise MalformedPacket("PUBLISH has QoS 3.")
@@ -660,7 +688,7 @@ def _parse_publish(
     return Publish(topic, payload, qos, bool(first & 1), dup, packet_id, props)
 
 
-def _parse_ack(m: memoryview, pos: int, end: int, first: int, level: int) -> _Ack:
+def _parse_ack(m: _Buffer, pos: int, end: int, first: int, level: int) -> _Ack:
     cls = _ACK_TYPES[first]
     packet_id, pos = _read_u16(m, pos, end)
     if not packet_id:
@@ -675,7 +703,7 @@ def _parse_ack(m: memoryview, pos: int, end: int, first: int, level: int) -> _Ac
 
 
 def _parse_reason(
-    m: memoryview, pos: int, end: int, context: _Context
+    m: _Buffer, pos: int, end: int, context: _Context
 ) -> tuple[int, Properties, int]:
     reason_code, pos = _read_byte(m, pos, end)
     if pos == end:
@@ -685,7 +713,7 @@ def _parse_reason(
 
 
 def _parse_disconnect(
-    m: memoryview, pos: int, end: int, first: int, level: int
+    m: _Buffer, pos: int, end: int, first: int, level: int
 ) -> Disconnect:
     if pos == end:
         return Disconnect()
@@ -696,12 +724,12 @@ def _parse_disconnect(
     return Disconnect(reason_code, props)
 
 
-def _parse_ping(m: memoryview, pos: int, end: int, first: int, level: int) -> Packet:
+def _parse_ping(m: _Buffer, pos: int, end: int, first: int, level: int) -> Packet:
     _expect_end(pos, end, "PINGREQ" if first == 0xC0 else "PINGRESP")
     return PingReq() if first == 0xC0 else PingResp()
 
 
-_Parser = Callable[[memoryview, int, int, int, int], Packet]
+_Parser = Callable[[_Buffer, int, int, int, int], Packet]
 # For each first byte of a fixed header: the parser of the packet.  Flags other
 # than these are malformed; PUBLISH's flags are checked by its parser.
 _PARSERS: dict[int, _Parser] = {
@@ -713,8 +741,13 @@ _PARSERS: dict[int, _Parser] = {
     0xD0: _parse_ping,
     0xE0: _parse_disconnect,
 }
-_UNSUPPORTED = {8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK"}
-_UNSUPPORTED[15] = "AUTH"
+_UNSUPPORTED = {
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    15: "AUTH",
+}
 
 
 def _unexpected(first: int) -> MalformedPacket:
@@ -757,24 +790,24 @@ class Decoder:
         buffer = self._buffer
         if buffer:
             buffer += data
-            source: bytes | bytearray = buffer
+            source: _Buffer = buffer
         else:
-            source = data  # the common case: parse without copying
+            # The common case, whole packets: parse them without copying.
+            source = data if type(data) is bytes else bytes(data)
         packets: list[Packet] = []
         try:
-            with memoryview(source) as m:
-                used = self._parse(m, packets)
+            used = self._parse(source, packets)
         except MalformedPacket as e:
             self._error = e
             self._buffer = bytearray()
             raise
         if source is buffer:
             del buffer[:used]
-        elif used < len(data):
-            buffer += memoryview(data)[used:]
+        elif used < len(source):
+            buffer += source[used:]
         return packets
 
-    def _parse(self, m: memoryview, packets: list[Packet]) -> int:
+    def _parse(self, m: _Buffer, packets: list[Packet]) -> int:
         """Parse whole packets from C{m}; return how many bytes they took."""
         size = len(m)
         pos = 0

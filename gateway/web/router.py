@@ -32,3 +32,6 @@ class Router:
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error in the shape of the API the path names."""
         return error_response(error, AccessLogFields())
+
+    def connection_closed(self, connection_id: str) -> None:
+        """Nothing outlives an HTTP connection in gateway mode."""

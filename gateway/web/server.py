@@ -100,6 +100,12 @@ class RequestHandler(typing.Protocol):
         empty and the body is always C{b""}.
         """
 
+    def connection_closed(self, connection_id: str) -> None:
+        """
+        The HTTP connection C{connection_id} has closed (sessions tied to it may
+        end).
+        """
+
 
 class _Abort(Exception):
     """
@@ -302,6 +308,10 @@ class HTTPServerProtocol(Protocol):
         self._factory.open_connections -= 1
         self._queue.clear()
         self._cancel_timers()
+        try:
+            self._handler.connection_closed(self.connection_id)
+        except Exception:
+            _log.failure("Request handler failed on a closed connection")
 
     def dataReceived(self, data: bytes) -> None:
         """

@@ -1,0 +1,1 @@
+"""Who may publish: mosquitto password files, mosquitto ACL files."""

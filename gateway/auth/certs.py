@@ -1,0 +1,509 @@
+# -*- test-case-name: tests.test_certs -*-
+"""
+HTTPS with device certificates (SPEC sections 3 and 6).
+
+L{load_server_options} turns the C{[tls]} files into one immutable set of server
+TLS settings; L{ReloadableServerTLS} hands new connections to the current set and
+lets a reload swap it; L{tls_factory} serves HTTPS with it on any stream server
+endpoint; L{peer_common_name} reads a sender's identity from its verified
+certificate.
+
+Choices made here:
+  - TLS 1.2 is the minimum; renegotiation is off.
+  - Session resumption is on: stateless session tickets (TLS 1.2 and 1.3) and a
+    server-side session cache for TLS 1.2 clients without ticket support (BearSSL
+    on many microcontrollers). A resumed session keeps the client certificate
+    verified in its full handshake. Each loaded settings set has its own ticket
+    keys and cache, so after L{ReloadableServerTLS.swap} (e.g. with a new CRL)
+    every device makes a full, freshly verified handshake.
+  - ALPN: the protocols come from the wrapped factory (its
+    C{acceptableProtocols()}, in its order of preference). A client offering
+    none of them (only C{h2}, or C{x-amzn-http-ca} like devices written for AWS
+    IoT on port 443) is answered without ALPN and speaks HTTP/1.x, instead of
+    being refused with an alert; a client offering no ALPN at all is served too.
+  - Trust anchors: every certificate in C{client_ca} is one (a root, or an
+    intermediate to trust only the devices below it). Devices may send their
+    intermediates after their own certificate.
+  - Revocation (C{crl}): the device certificate is always checked, so the file
+    needs the CRL of every CA that issues device certificates
+    (C{X509_V_FLAG_CRL_CHECK}, as mosquitto's C{crlfile}). When the file also
+    holds a CRL from every trust anchor and all anchors are roots, the whole
+    chain is checked (C{X509_V_FLAG_CRL_CHECK_ALL}): a revoked intermediate is
+    refused too, and then every intermediate needs its CRL in the file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from OpenSSL.crypto import X509, X509StoreFlags
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from gateway.config import TLSConfig
+
+__all__ = [
+    "ReloadableServerTLS",
+    "ServerTLSOptions",
+    "TLSConfigError",
+    "load_server_options",
+    "peer_common_name",
+    "tls_factory",
+]
+
+_log = Logger()
+
+CRLCheck = Literal["off", "leaf", "chain"]
+
+CLIENT_CERT_MODES = ("none", "optional", "required")
+
+# The session id context must be set for resumption when client certificates are
+# requested (OpenSSL refuses to resume otherwise). Sessions never cross settings
+# sets (each context has its own cache and ticket keys), so a constant will do.
+_SESSION_ID_CONTEXT = b"mqtt-http-gateway"
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
+)
+
+# The private key types OpenSSL (through pyOpenSSL) can serve a certificate with.
+SigningKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
+
+_VERIFY_ERRORS = {
+    value: name.removeprefix("ERR_").replace("_", " ").lower()
+    for name, value in vars(SSL.X509VerificationCodes).items()
+    if name.startswith("ERR_") and isinstance(value, int)
+}
+
+
+class TLSConfigError(Exception):
+    """
+    A C{[tls]} file that cannot be used; the message is one line naming the key
+    and the file, e.g. C{tls.cert: cannot read /etc/x/server.crt: No such file or
+    directory}.
+    """
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLSOptions:
+    """
+    One set of server TLS settings, shared by the connections made with it.
+
+    Build it with L{load_server_options}; it never changes afterwards.
+
+    @ivar client_cert: C{"none"}, C{"optional"} or C{"required"}.
+    @ivar crl_check: C{"off"} (no CRL), C{"leaf"} (the device certificate is
+        checked) or C{"chain"} (every certificate below the root is checked).
+    @ivar refused_certificates: how many handshakes failed because the client's
+        certificate did not verify (untrusted, expired, revoked, ...).
+    """
+
+    def __init__(
+        self,
+        chain: Sequence[x509.Certificate],
+        key: SigningKey,
+        *,
+        client_cert: str = "none",
+        anchors: Sequence[x509.Certificate] = (),
+        crls: Sequence[x509.CertificateRevocationList] = (),
+    ) -> None:
+        """
+        @param chain: the server certificate, then the intermediates to send.
+        @param key: the server's private key (a C{cryptography} private key).
+        @param client_cert: whether client certificates are requested
+            (C{"optional"}) or needed (C{"required"}).
+        @param anchors: the CA certificates client certificates must chain to.
+        @param crls: the CRLs to check client certificates against.
+
+        @raise OpenSSL.SSL.Error: if OpenSSL refuses the certificate or key.
+        """
+        self.client_cert = client_cert
+        self.crl_check: CRLCheck = "off"
+        self.refused_certificates = 0
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(
+            SSL.OP_NO_COMPRESSION
+            | SSL.OP_CIPHER_SERVER_PREFERENCE
+            | SSL.OP_NO_RENEGOTIATION
+        )
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        context.use_certificate(chain[0])
+        for certificate in chain[1:]:
+            context.add_extra_chain_cert(certificate)
+        context.use_privatekey(key)
+        context.check_privatekey()
+        context.set_session_id(_SESSION_ID_CONTEXT)
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        context.set_alpn_select_callback(_select_alpn)
+        if client_cert == "none":
+            context.set_verify(SSL.VERIFY_NONE)
+        else:
+            mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+            if client_cert == "required":
+                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            context.set_verify(mode, self._verified)
+            store = context.get_cert_store()
+            assert store is not None
+            for anchor in anchors:
+                store.add_cert(X509.from_cryptography(anchor))
+                context.add_client_ca(anchor)
+            flags = 0
+            if crls:
+                for crl in crls:
+                    store.add_crl(crl)
+                self.crl_check = _crl_scope(anchors, crls)
+                flags |= X509StoreFlags.CRL_CHECK
+                if self.crl_check == "chain":
+                    flags |= X509StoreFlags.CRL_CHECK_ALL
+            if self.crl_check != "chain":
+                # An intermediate in client_ca is a trust anchor of its own. Not
+                # with a chain-wide CRL check: that would need a CRL for the
+                # anchor from a CA that is not there.
+                flags |= X509StoreFlags.PARTIAL_CHAIN
+            store.set_flags(flags)
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """
+        A new server-side TLS connection with these settings.
+        """
+        return SSL.Connection(self.context, None)
+
+    def _verified(
+        self,
+        connection: SSL.Connection,
+        certificate: X509,
+        error: int,
+        depth: int,
+        ok: int,
+    ) -> bool:
+        """
+        OpenSSL's verdict on one certificate of a client's chain, unchanged;
+        refusals are counted and logged.
+        """
+        if not ok:
+            self.refused_certificates += 1
+            _log.info(
+                "Refused the TLS client certificate of {peer}: {reason} "
+                "(depth {depth}: {subject})",
+                peer=_peer(connection),
+                reason=f"{_VERIFY_ERRORS.get(error, 'X509 error')} ({error})",
+                depth=depth,
+                subject=_subject(certificate),
+            )
+        return bool(ok)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """
+    The server TLS settings of a listener, replaceable while it runs.
+
+    Each new connection is made with the current settings; L{swap} replaces them
+    for connections accepted afterwards and leaves open connections alone.
+    """
+
+    def __init__(self, options: IOpenSSLServerConnectionCreator) -> None:
+        """
+        @param options: the settings to start with, usually from
+            L{load_server_options}.
+        """
+        self._options = options
+        self._retired_refusals = 0
+
+    @property
+    def options(self) -> IOpenSSLServerConnectionCreator:
+        """
+        The settings new connections are made with.
+        """
+        return self._options
+
+    @property
+    def refused_certificates(self) -> int:
+        """
+        How many client certificates failed verification, over all settings
+        this has held.
+        """
+        return self._retired_refusals + _refusals(self._options)
+
+    def swap(self, options: IOpenSSLServerConnectionCreator) -> None:
+        """
+        Make new connections with C{options} from now on.
+        """
+        self._retired_refusals += _refusals(self._options)
+        self._options = options
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        A new server-side TLS connection with the current settings.
+        """
+        return self._options.serverConnectionForTLS(tlsProtocol)
+
+
+def load_server_options(tls: TLSConfig) -> ServerTLSOptions:
+    """
+    The server TLS settings described by C{tls}, read from its files.
+
+    C{cert} is PEM and may hold the chain (the server certificate first, then
+    intermediates; all are sent). C{key} is a PEM private key without a
+    passphrase (PKCS#8 or traditional; other PEM blocks around it are ignored).
+    C{client_ca} is a PEM bundle of trust anchors. C{crl} is PEM (any number of
+    CRLs) or DER (one). C{client_ca} and C{crl} are ignored when C{client_cert}
+    is C{"none"}.
+
+    @raise TLSConfigError: for a missing, unreadable or invalid file, a key that
+        does not match the certificate, or a CRL that has expired (OpenSSL would
+        refuse every certificate it covers).
+    """
+    mode = tls.client_cert
+    if mode not in CLIENT_CERT_MODES:
+        raise TLSConfigError(
+            f"tls.client_cert: must be one of {', '.join(CLIENT_CERT_MODES)}, "
+            f"not {mode!r}"
+        )
+    chain = _read_certificates("tls.cert", tls.cert)
+    key = _read_key("tls.key", tls.key)
+    if _public_bytes(key.public_key()) != _public_bytes(chain[0].public_key()):
+        raise TLSConfigError(
+            f"tls.key: {tls.key} does not match the first certificate in {tls.cert}"
+        )
+    anchors: list[x509.Certificate] = []
+    crls: list[x509.CertificateRevocationList] = []
+    if mode != "none":
+        if tls.client_ca is None:
+            raise TLSConfigError(
+                f"tls.client_ca: not set; it is needed with client_cert = {mode!r}"
+            )
+        anchors = _read_certificates("tls.client_ca", tls.client_ca)
+        if tls.crl is not None:
+            crls = _read_crls("tls.crl", tls.crl)
+    try:
+        return ServerTLSOptions(
+            chain, key, client_cert=mode, anchors=anchors, crls=crls
+        )
+    except SSL.Error as error:
+        raise TLSConfigError(
+            f"tls.cert: OpenSSL refuses {tls.cert} with {tls.key}: {error}"
+        ) from error
+
+
+def tls_factory(
+    factory: IProtocolFactory,
+    creator: IOpenSSLServerConnectionCreator,
+    reactor: IReactorTime | None = None,
+) -> IProtocolFactory:
+    """
+    C{factory} behind TLS made by C{creator}: listen with it on any stream
+    server endpoint (C{tcp:}, C{systemd:}, ...) to serve HTTPS.
+
+    ALPN offers the protocols of C{factory}'s C{acceptableProtocols()} when it
+    provides L{IProtocolNegotiationFactory}.
+
+    @param reactor: schedules the flushing of small writes; the global reactor
+        if C{None}.
+    """
+    return TLSMemoryBIOFactory(creator, False, factory, clock=reactor)
+
+
+def peer_common_name(certificate: x509.Certificate) -> str | None:
+    """
+    The first common name (CN) in C{certificate}'s subject, or C{None} if it has
+    none (or an empty one).
+    """
+    for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        value = attribute.value
+        return value if isinstance(value, str) and value else None
+    return None
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+    """
+    The wrapped factory's most preferred protocol among those C{offered}, or no
+    ALPN answer at all when there is none.
+    """
+    tls_protocol = connection.get_app_data()
+    wrapped = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
+    negotiation = IProtocolNegotiationFactory(wrapped, None)
+    if negotiation is not None:
+        for name in negotiation.acceptableProtocols():
+            if name in offered:
+                return name
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _crl_scope(
+    anchors: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList],
+) -> CRLCheck:
+    """
+    C{"chain"} when every anchor is a root that has a CRL among C{crls},
+    otherwise C{"leaf"}.
+    """
+    issuers = {crl.issuer for crl in crls}
+    if anchors and all(
+        anchor.subject == anchor.issuer and anchor.subject in issuers
+        for anchor in anchors
+    ):
+        return "chain"
+    return "leaf"
+
+
+def _refusals(options: object) -> int:
+    count = getattr(options, "refused_certificates", 0)
+    return count if isinstance(count, int) else 0
+
+
+def _subject(certificate: X509) -> str:
+    """
+    C{certificate}'s subject for logs (a verify callback must not raise).
+    """
+    try:
+        return certificate.to_cryptography().subject.rfc4514_string()
+    except Exception:
+        return "?"
+
+
+def _peer(connection: SSL.Connection) -> str:
+    """
+    The client's address as C{host:port}, for logs.
+    """
+    transport = getattr(connection.get_app_data(), "transport", None)
+    if transport is None:
+        return "?"
+    address = transport.getPeer()
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+def _read(key: str, path: str | None) -> bytes:
+    """
+    The bytes of the file named by the setting C{key}.
+    """
+    if path is None:
+        raise TLSConfigError(f"{key}: not set")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise TLSConfigError(
+            f"{key}: cannot read {path}: {error.strerror or error}"
+        ) from error
+
+
+def _read_certificates(key: str, path: str | None) -> list[x509.Certificate]:
+    """
+    The PEM certificates in a file, in file order; at least one.
+    """
+    data = _read(key, path)
+    blocks = [
+        m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) == b"CERTIFICATE"
+    ]
+    if not blocks:
+        raise TLSConfigError(f"{key}: {path} holds no PEM certificate")
+    certificates = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            certificates.append(x509.load_pem_x509_certificate(block))
+        except ValueError as error:
+            raise TLSConfigError(
+                f"{key}: certificate {number} in {path} is not valid: "
+                f"{_first_line(error)}"
+            ) from error
+    return certificates
+
+
+def _read_key(key: str, path: str | None) -> SigningKey:
+    """
+    The first PEM private key in a file.
+    """
+    data = _read(key, path)
+    block = next(
+        (
+            m.group(0)
+            for m in _PEM_BLOCK.finditer(data)
+            if m.group(1).endswith(b"PRIVATE KEY")
+        ),
+        None,
+    )
+    if block is None:
+        raise TLSConfigError(f"{key}: {path} holds no PEM private key")
+    try:
+        private_key = serialization.load_pem_private_key(block, password=None)
+    except TypeError as error:
+        raise TLSConfigError(
+            f"{key}: {path} is encrypted; the key must have no passphrase"
+        ) from error
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise TLSConfigError(
+            f"{key}: {path} is not a valid private key: {_first_line(error)}"
+        ) from error
+    if not isinstance(private_key, SigningKey):
+        raise TLSConfigError(f"{key}: {path} holds a key that cannot sign")
+    return private_key
+
+
+def _read_crls(key: str, path: str) -> list[x509.CertificateRevocationList]:
+    """
+    The CRLs in a PEM (one or more) or DER (one) file; none of them expired.
+    """
+    data = _read(key, path)
+    try:
+        if b"-----BEGIN" in data:
+            crls = [
+                x509.load_pem_x509_crl(m.group(0))
+                for m in _PEM_BLOCK.finditer(data)
+                if m.group(1) == b"X509 CRL"
+            ]
+        else:
+            crls = [x509.load_der_x509_crl(data)]
+    except ValueError as error:
+        raise TLSConfigError(f"{key}: {path} is not a PEM or DER CRL") from error
+    if not crls:
+        raise TLSConfigError(f"{key}: {path} is not a PEM or DER CRL")
+    now = datetime.datetime.now(datetime.UTC)
+    for crl in crls:
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < now:
+            raise TLSConfigError(
+                f"{key}: the CRL from {crl.issuer.rfc4514_string()} in {path} "
+                f"expired at {next_update:%Y-%m-%d %H:%M:%S} UTC; every "
+                "certificate it covers would be refused"
+            )
+    return crls
+
+
+def _public_bytes(public_key: Any) -> bytes:
+    return bytes(
+        public_key.public_bytes(
+            serialization.Encoding.DER,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_identify -*-
+"""
+Who sent a request (SPEC section 6): a verified client certificate, HTTP Basic
+credentials checked against a mosquitto password file, or nobody.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Protocol
+
+import attrs
+
+from gateway.errors import Code, GatewayError
+from gateway.limits import KeyedBuckets, retry_after
+from gateway.model import Identity, Proof
+
+REALM = 'Basic realm="mqtt-http-gateway"'
+
+
+class PasswordChecker(Protocol):
+    """What authentication needs of a password file."""
+
+    def verify(self, user: str, password: bytes) -> bool:
+        """Whether C{password} is C{user}'s."""
+
+
+@attrs.frozen
+class Claim:
+    """
+    What a request presents about its sender.
+
+    @ivar basic: the user name and password of an C{Authorization: Basic} header.
+    @ivar certificate_cn: the subject CN of a verified client certificate.
+    @ivar client_id: the C{client_id} parameter.
+    @ivar username: the C{username} parameter.
+    @ivar connection_id: the HTTP connection's id (default client ids).
+    @ivar peer: the source address, C{host:port}.
+    """
+
+    basic: tuple[str, bytes] | None = attrs.field(default=None, repr=False)
+    certificate_cn: str | None = None
+    client_id: str | None = None
+    username: str | None = None
+    connection_id: str = ""
+    peer: str = ""
+
+
+def parse_basic(header: bytes | None) -> tuple[str, bytes] | None:
+    """
+    The user name and password of an C{Authorization: Basic ...} header value, or
+    C{None} when there is no such header.
+
+    @raise GatewayError: 401 for a Basic header that cannot be decoded.
+    """
+    if header is None:
+        return None
+    scheme, _, encoded = header.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        raise unauthorized("only HTTP Basic authentication is supported")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+        user, colon, password = decoded.partition(b":")
+        if not colon:
+            raise ValueError
+        return user.decode("utf-8"), password
+    except (binascii.Error, ValueError):
+        raise unauthorized("malformed Basic credentials") from None
+
+
+def unauthorized(message: str) -> GatewayError:
+    """A 401 that asks for Basic credentials."""
+    return GatewayError(
+        Code.Unauthorized, message, headers=(("WWW-Authenticate", REALM),)
+    )
+
+
+def _host(peer: str) -> str:
+    host, _, _ = peer.rpartition(":")
+    return host or peer
+
+
+class Authenticator:
+    """
+    Turns a L{Claim} into an L{Identity}, or refuses it.
+
+    @ivar passwords: the current password file (swappable), or C{None}.
+    @ivar check_passwords: C{False} in broker mode, where the broker checks them.
+    @ivar allow_anonymous: whether a request with no credentials may publish.
+    """
+
+    def __init__(
+        self,
+        passwords: PasswordChecker | None,
+        *,
+        allow_anonymous: bool,
+        check_passwords: bool = True,
+        failures: KeyedBuckets | None = None,
+    ) -> None:
+        self.passwords = passwords
+        self.allow_anonymous = allow_anonymous
+        self.check_passwords = check_passwords
+        # Five failed attempts at once, then one every 10 s, per source address.
+        self.failures = failures or KeyedBuckets(rate=0.1, burst=5)
+
+    def authenticate(self, claim: Claim, now: float) -> Identity:
+        """
+        The sender's identity.
+
+        @raise GatewayError: 401 for missing or wrong credentials, 403 for a
+            certificate holder claiming another client id or user, 429 when the
+            source address has failed too often.
+        """
+        if claim.certificate_cn is not None:
+            return self._certificate(claim)
+        if claim.basic is not None:
+            return self._password(claim, now)
+        if claim.username is not None:
+            raise unauthorized("a username needs a password (HTTP Basic)")
+        if not self.allow_anonymous:
+            raise unauthorized("credentials are required")
+        return Identity(
+            client_id=claim.client_id or f"http-{claim.connection_id}",
+            peer=claim.peer,
+        )
+
+    def _certificate(self, claim: Claim) -> Identity:
+        cn = claim.certificate_cn
+        assert cn is not None
+        for name, value in (
+            ("client_id", claim.client_id),
+            ("username", claim.username),
+        ):
+            if value is not None and value != cn:
+                raise GatewayError(
+                    Code.Forbidden,
+                    f"{name} {value!r} differs from the certificate's CN {cn!r}",
+                    parameter=name,
+                )
+        return Identity(
+            client_id=cn, username=cn, proof=Proof.CERTIFICATE, peer=claim.peer
+        )
+
+    def _password(self, claim: Claim, now: float) -> Identity:
+        assert claim.basic is not None
+        basic_user, password = claim.basic
+        user = claim.username if claim.username is not None else basic_user
+        address = _host(claim.peer)
+        if self.check_passwords:
+            wait = self.failures.wait(address, now)
+            if wait:
+                raise GatewayError(
+                    Code.RateLimited,
+                    "too many failed authentications from this address",
+                    retry_after=retry_after(wait),
+                )
+            if self.passwords is None or not self.passwords.verify(user, password):
+                self.failures.take(address, now)
+                raise unauthorized("wrong user name or password")
+        return Identity(
+            client_id=claim.client_id or f"http-{claim.connection_id}",
+            username=user,
+            proof=Proof.PASSWORD,
+            peer=claim.peer,
+            password=password,
+        )

@@ -1,0 +1,127 @@
+"""
+Who may publish (SPEC section 6): certificates, Basic credentials with the
+effective-user rule, anonymous access, and limits on failed attempts.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.auth.identify import REALM, Authenticator, Claim, parse_basic
+from gateway.errors import Code, GatewayError
+from gateway.model import Identity, Proof
+
+
+class Passwords:
+    def __init__(self, **users: str) -> None:
+        self.users = {user: password.encode() for user, password in users.items()}
+        self.checked: list[str] = []
+
+    def verify(self, user: str, password: bytes) -> bool:
+        self.checked.append(user)
+        return self.users.get(user) == password
+
+
+def basic(user: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+class ParseBasicTests(SynchronousTestCase):
+    def test_seed_header(self) -> None:
+        """The seed's header is user0 / secret0."""
+        self.assertEqual(
+            parse_basic(b"Basic dXNlcjA6c2VjcmV0MA=="), ("user0", b"secret0")
+        )
+        self.assertEqual(parse_basic(b"basic " + basic("a", "b:c")[6:]), ("a", b"b:c"))
+        self.assertIsNone(parse_basic(None))
+
+    def test_malformed(self) -> None:
+        """Undecodable or non-Basic headers are a 401 asking for Basic."""
+        for header in (
+            b"Bearer x",
+            b"Basic !!!",
+            b"Basic " + base64.b64encode(b"nocolon"),
+        ):
+            with self.assertRaises(GatewayError) as e:
+                parse_basic(header)
+            self.assertEqual(e.exception.status, 401)
+            self.assertIn(("WWW-Authenticate", REALM), e.exception.response_headers())
+
+
+class AuthenticatorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.passwords = Passwords(user0="secret0", alice="wonder")
+        self.auth = Authenticator(self.passwords, allow_anonymous=False)
+
+    def refused(self, claim: Claim, status: int, now: float = 0) -> GatewayError:
+        with self.assertRaises(GatewayError) as e:
+            self.auth.authenticate(claim, now)
+        self.assertEqual(e.exception.status, status, e.exception.message)
+        return e.exception
+
+    def test_basic(self) -> None:
+        """Right Basic credentials: the user, a default client id, PASSWORD proof."""
+        identity = self.auth.authenticate(
+            Claim(basic=("user0", b"secret0"), connection_id="c1", peer="10.0.0.1:5"), 0
+        )
+        self.assertEqual(
+            identity,
+            Identity("http-c1", "user0", Proof.PASSWORD, "10.0.0.1:5", b"secret0"),
+        )
+
+    def test_wrong_password(self) -> None:
+        """A wrong password or unknown user is 401 with WWW-Authenticate."""
+        error = self.refused(Claim(basic=("user0", b"nope")), 401)
+        self.assertEqual(error.code, Code.Unauthorized)
+        self.refused(Claim(basic=("mallory", b"secret0")), 401)
+
+    def test_username_parameter_needs_its_own_password(self) -> None:
+        """username= names the effective user; the password must be that user's,
+        so one user cannot act as another."""
+        self.refused(Claim(basic=("user0", b"secret0"), username="alice"), 401)
+        identity = self.auth.authenticate(
+            Claim(basic=("user0", b"wonder"), username="alice"), 0
+        )
+        self.assertEqual(identity.username, "alice")
+        self.refused(Claim(username="alice"), 401)
+
+    def test_anonymous(self) -> None:
+        """No credentials: 401 unless anonymous access is allowed."""
+        self.refused(Claim(), 401)
+        self.auth.allow_anonymous = True
+        identity = self.auth.authenticate(Claim(client_id="dev", peer="p:1"), 0)
+        self.assertEqual(identity, Identity("dev", None, Proof.ANONYMOUS, "p:1"))
+
+    def test_certificate(self) -> None:
+        """A verified certificate's CN is client id and user name; a different
+        client_id or username parameter is 403."""
+        identity = self.auth.authenticate(Claim(certificate_cn="device-42"), 0)
+        self.assertEqual(
+            (identity.client_id, identity.username, identity.proof),
+            ("device-42", "device-42", Proof.CERTIFICATE),
+        )
+        self.auth.authenticate(
+            Claim(certificate_cn="device-42", client_id="device-42"), 0
+        )
+        self.refused(Claim(certificate_cn="device-42", client_id="device-43"), 403)
+        self.refused(Claim(certificate_cn="device-42", username="root"), 403)
+
+    def test_failed_attempts_limited(self) -> None:
+        """After five failures from one address, even right credentials get 429
+        until the bucket refills; other addresses are not affected."""
+        for _ in range(5):
+            self.refused(Claim(basic=("user0", b"x"), peer="10.0.0.9:1"), 401)
+        error = self.refused(Claim(basic=("user0", b"secret0"), peer="10.0.0.9:2"), 429)
+        self.assertEqual(error.retry_after, 10)
+        self.auth.authenticate(Claim(basic=("user0", b"secret0"), peer="10.0.0.8:1"), 0)
+        self.auth.authenticate(
+            Claim(basic=("user0", b"secret0"), peer="10.0.0.9:3"), 10
+        )
+
+    def test_broker_checks_passwords(self) -> None:
+        """In broker mode the password is passed on unchecked."""
+        auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
+        identity = auth.authenticate(Claim(basic=("bob", b"pw")), 0)
+        self.assertEqual((identity.username, identity.password), ("bob", b"pw"))
