@@ -46,7 +46,9 @@ class AccessLogTests(SynchronousTestCase):
         self.log(dict(RECORD, status=503, message_id=None))
         self.assertEqual(self.lines(), [])
         self.clock.advance(0.2)
-        self.assertEqual(self.lines(), [RECORD, dict(RECORD, status=503, message_id=None)])
+        self.assertEqual(
+            self.lines(), [RECORD, dict(RECORD, status=503, message_id=None)]
+        )
 
     def test_large_batches_written_at_once(self) -> None:
         """64 KiB of records are written without waiting for the timer."""

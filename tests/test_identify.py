@@ -59,7 +59,8 @@ class AuthenticatorTests(SynchronousTestCase):
         with self.assertRaises(GatewayError) as e:
             self.auth.authenticate(claim, now)
         self.assertEqual(e.exception.status, status, e.exception.message)
-        return e.exception
+        error: GatewayError = e.exception
+        return error
 
     def test_basic(self) -> None:
         """Right Basic credentials: the user, a default client id, PASSWORD proof."""
