@@ -1,41 +1,82 @@
 # -*- test-case-name: tests.test_core -*-
 """
-The one path every message takes, whichever HTTP API it came in by.
+The one path every message takes, whichever HTTP API it came in by:
+authenticate, authorize, publish.
 
-Nothing here knows HTTP: the API adapters hand over an L{Identity} and a L{Message}
-and get back a L{PublishResult} or a L{GatewayError}.
+Nothing here knows HTTP: the API adapters hand over a L{Claim} and a L{Message} and
+get back a L{PublishResult} or a L{GatewayError}.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, fail
-from twisted.logger import Logger
+from typing import Protocol
 
-from gateway.errors import GatewayError
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.auth.identify import Authenticator, Claim
+from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 
 
+class TopicPolicy(Protocol):
+    """What authorization needs of an ACL."""
+
+    def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
+        """Whether the sender may publish to C{topic}."""
+
+
 class Gateway:
     """
-    The core: checks a message and hands it to the publisher.
+    The core.
 
+    @ivar authenticator: who the sender is.
+    @ivar acl: where the sender may publish (swappable), or C{None} for anywhere.
     @ivar publisher: where accepted messages go.
     """
 
-    _log = Logger()
-
-    def __init__(self, publisher: IPublisher) -> None:
+    def __init__(
+        self,
+        publisher: IPublisher,
+        authenticator: Authenticator,
+        clock: IReactorTime,
+        acl: TopicPolicy | None = None,
+    ) -> None:
         self.publisher = publisher
+        self.authenticator = authenticator
+        self.acl = acl
+        self._clock = clock
+
+    def identify(self, claim: Claim) -> Identity:
+        """
+        The sender of a request.
+
+        @raise GatewayError: 401, 403 or 429 (see L{Authenticator.authenticate}).
+        """
+        return self.authenticator.authenticate(claim, self._clock.seconds())
+
+    def authorize(self, identity: Identity, message: Message) -> None:
+        """
+        @raise GatewayError: 403 when the ACL does not let the sender publish there.
+        """
+        acl = self.acl
+        if acl is not None and not acl.may_publish(
+            message.topic, identity.username, identity.client_id
+        ):
+            raise GatewayError(
+                Code.Forbidden, f"not authorized to publish to {message.topic!r}"
+            )
 
     def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
         """
-        Send C{message} for C{identity}.
+        Authorize C{message} for an identified sender and send it.
 
         @return: fires with the broker's L{PublishResult}, or fails with a
-            L{GatewayError}.
+            L{GatewayError}; nothing reaches the broker when authorization fails.
         """
         try:
+            self.authorize(identity, message)
             return self.publisher.publish(message, identity)
         except GatewayError as e:
             return fail(e)

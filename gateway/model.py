@@ -35,6 +35,9 @@ class Identity:
     @ivar peer: the source address, C{"host:port"}.
     @ivar password: the password the sender presented (kept for broker mode, never
         shown by C{repr}).
+    @ivar connection_id: the HTTP connection the request came on.
+    @ivar keep_alive: whether that connection stays open for more requests (HTTP/1.1
+        keep-alive); broker mode keeps the sender's session that long.
     """
 
     client_id: str
@@ -42,6 +45,8 @@ class Identity:
     proof: Proof = Proof.ANONYMOUS
     peer: str = ""
     password: bytes | None = attrs.field(default=None, repr=False)
+    connection_id: str = ""
+    keep_alive: bool = False
 
 
 @attrs.frozen

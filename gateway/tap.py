@@ -38,6 +38,16 @@ from twisted.python import usage
 
 from gateway import __version__
 from gateway.accesslog import AccessLog
+from gateway.auth.acl import ACL, ACLFileError
+from gateway.auth.certs import (
+    ReloadableServerTLS,
+    ServerTLSOptions,
+    TLSConfigError,
+    load_server_options,
+    tls_factory,
+)
+from gateway.auth.identify import Authenticator
+from gateway.auth.passwords import PasswordFile, PasswordFileError
 from gateway.config import (
     BrokerAddress,
     Config,
@@ -48,6 +58,7 @@ from gateway.config import (
 )
 from gateway.core import Gateway
 from gateway.embedded import EmbeddedBrokerService
+from gateway.interfaces import IPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.web.router import Router
@@ -73,12 +84,9 @@ class StartupError(SystemExit):
 
 # What this version does not serve yet: refused rather than silently ignored.
 _NOT_AVAILABLE = (
-    ("tls.listen", lambda c: bool(c.tls.listen)),
     ("admin.listen", lambda c: bool(c.admin.listen)),
     ("aliyun.instance_id", lambda c: c.aliyun.enabled),
     ("auth.mode", lambda c: c.auth.mode != "gateway"),
-    ("auth.password_file", lambda c: c.auth.password_file is not None),
-    ("auth.acl_file", lambda c: c.auth.acl_file is not None),
 )
 
 
@@ -151,6 +159,36 @@ def broker_endpoint(
     return wrapClientTLS(options, tcp)
 
 
+def load_passwords(config: Config) -> PasswordFile | None:
+    """
+    The password file of C{[auth] password_file}, or C{None} when not set.
+
+    @raise ConfigError: naming the key, file and line for an unreadable or bad file.
+    """
+    path = config.auth.password_file
+    if path is None:
+        return None
+    try:
+        return PasswordFile.load(path)
+    except PasswordFileError as e:
+        raise ConfigError(f"auth.password_file: {e}") from None
+
+
+def load_acl(config: Config) -> ACL | None:
+    """
+    The ACL of C{[auth] acl_file}, or C{None} when not set.
+
+    @raise ConfigError: naming the key, file and line for an unreadable or bad file.
+    """
+    path = config.auth.acl_file
+    if path is None:
+        return None
+    try:
+        return ACL.load(path)
+    except ACLFileError as e:
+        raise ConfigError(f"auth.acl_file: {e}") from None
+
+
 class Options(usage.Options):
     """
     The command line of C{twistd mqtt-http-gateway}.
@@ -175,6 +213,10 @@ class Options(usage.Options):
         self["tls-listen"] = []
         self["broker"] = []
         self.config: Config = default()
+        self.brokers: list[Broker] = []
+        self.passwords: PasswordFile | None = None
+        self.acl: ACL | None = None
+        self.tls: ServerTLSOptions | None = None
 
     def opt_listen(self, endpoint: str) -> None:
         """Serve plain HTTP on ENDPOINT (repeatable; overrides [http] listen)."""
@@ -215,7 +257,10 @@ class Options(usage.Options):
                 Broker(address.uri, broker_endpoint(reactor, address, config.mqtt))
                 for address in config.mqtt.brokers
             ]
-        except ConfigError as e:
+            self.passwords = load_passwords(config)
+            self.acl = load_acl(config)
+            self.tls = load_server_options(config.tls) if config.tls.listen else None
+        except (ConfigError, TLSConfigError) as e:
             raise StartupError(str(e)) from None
         self.config = config
 
@@ -233,9 +278,11 @@ class Listener(StreamServerEndpointService):
         description: str,
         endpoint: IStreamServerEndpoint,
         factory: IProtocolFactory,
+        kind: str = "HTTP",
     ) -> None:
         super().__init__(endpoint, factory)
         self.description = description
+        self.kind = kind
 
     def privilegedStartService(self) -> None:
         """Listen now; raise L{StartupError} when that fails."""
@@ -244,7 +291,9 @@ class Listener(StreamServerEndpointService):
             super().privilegedStartService()
         except Exception as e:
             raise StartupError(f"cannot listen on {self.description}: {e}") from None
-        self._log.info("Serving HTTP on {endpoint}", endpoint=self.description)
+        self._log.info(
+            "Serving {kind} on {endpoint}", kind=self.kind, endpoint=self.description
+        )
 
 
 class _StartFirst(Service):
@@ -301,43 +350,32 @@ class _ExitCleanlyOnSIGTERM(Service):
         self._reactor.stop()
 
 
-def makeService(options: Options) -> IService:
-    """
-    The service tree of the daemon, built from checked options.
-    """
-    from twisted.internet import reactor
-
+def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher:
+    """The publisher of the configured mode, its services under C{root}."""
     config = options.config
-    root = MultiService()
+    if config.auth.mode == "broker":
+        from gateway.mqtt.passthrough import PassthroughPublisher  # type: ignore[import-not-found,unused-ignore]
+
+        passthrough = PassthroughPublisher(
+            options.brokers,
+            protocol=config.mqtt.protocol,
+            keepalive=config.mqtt.keepalive,
+            publish_timeout=config.mqtt.publish_timeout,
+            idle_timeout=config.http.idle_timeout,
+            clock=reactor,
+        )
+        passthrough.setName("mqtt-sessions")
+        passthrough.setServiceParent(root)
+        log.info("Broker mode: each sender gets its own broker session")
+        return passthrough  # type: ignore[no-any-return,unused-ignore]
     settings = SessionSettings(
         client_id=config.mqtt.gateway_client_id(socket.gethostname()),
         username=config.mqtt.username or None,
         password=config.mqtt.password.encode() if config.mqtt.password else None,
-        protocol=config.mqtt.protocol,
+        # amqtt, the embedded broker, speaks MQTT 3.1.1 only: no need to probe.
+        protocol="3.1.1" if config.embedded_broker else config.mqtt.protocol,
         keepalive=config.mqtt.keepalive,
     )
-    if config.embedded_broker:
-        address = config.mqtt.brokers[0]
-        embedded = EmbeddedBrokerService(address.host, address.port, reactor=reactor)
-        starter = _StartFirst(embedded)
-        starter.setName("embedded-broker")
-        starter.setServiceParent(root)
-        # amqtt speaks MQTT 3.1.1 only; no need to probe for 5.
-        settings = SessionSettings(
-            client_id=settings.client_id, protocol="3.1.1", keepalive=settings.keepalive
-        )
-        log.warn(
-            "No broker configured: running the embedded MQTT broker on {address} "
-            "and allowing anonymous publishing. Configure [mqtt] brokers and "
-            "[auth] for production.",
-            address=f"{address.host}:{address.port}",
-        )
-
-    else:
-        log.warn(
-            "This version does not authenticate HTTP requests: every request may "
-            "publish (as its client_id), whatever [auth] allow_anonymous says."
-        )
     session = BrokerSession(
         options.brokers,
         settings,
@@ -346,12 +384,46 @@ def makeService(options: Options) -> IService:
     )
     session.setName("mqtt-session")
     session.setServiceParent(root)
-    core = Gateway(SharedPublisher(session))
+    return SharedPublisher(session)
+
+
+def makeService(options: Options) -> IService:
+    """
+    The service tree of the daemon, built from checked options.
+    """
+    from twisted.internet import reactor
+
+    config = options.config
+    root = MultiService()
+    if config.embedded_broker:
+        address = config.mqtt.brokers[0]
+        embedded = EmbeddedBrokerService(address.host, address.port, reactor=reactor)
+        starter = _StartFirst(embedded)
+        starter.setName("embedded-broker")
+        starter.setServiceParent(root)
+    # No configuration file at all: the laptop default, where anyone may publish.
+    anonymous = config.auth.allow_anonymous or not options["config"]
+    if anonymous:
+        log.warn(
+            "Anonymous publishing is allowed{embedded}. Configure [auth] (and "
+            "[mqtt] brokers) for production.",
+            embedded=" (no configuration: embedded MQTT broker on "
+            f"{config.mqtt.brokers[0].host}:{config.mqtt.brokers[0].port})"
+            if config.embedded_broker
+            else "",
+        )
+    publisher = _publisher(options, root, reactor)
+    authenticator = Authenticator(
+        options.passwords,
+        allow_anonymous=anonymous,
+        check_passwords=config.auth.mode == "gateway",
+    )
+    core = Gateway(publisher, authenticator, reactor, options.acl)
     access_log = AccessLog(config.log.access, reactor) if config.log.access else None
     if access_log is not None:
         reactor.addSystemEventTrigger("after", "shutdown", access_log.close)
     factory = HTTPServerFactory(
-        Router(TopicsAPI(core.publish)),
+        Router(TopicsAPI(core), publisher),
         max_body=config.http.max_body,
         max_target_bytes=_TOPIC_TARGET,
         idle_timeout=config.http.idle_timeout,
@@ -363,4 +435,11 @@ def makeService(options: Options) -> IService:
         Listener(
             description, serverFromString(reactor, description), factory
         ).setServiceParent(root)
+    if options.tls is not None:
+        tls = ReloadableServerTLS(options.tls)
+        https = tls_factory(factory, tls, reactor)
+        for description in config.tls.listen:
+            Listener(
+                description, serverFromString(reactor, description), https, "HTTPS"
+            ).setServiceParent(root)
     return root

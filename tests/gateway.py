@@ -6,6 +6,7 @@ process on free ports, and curl as its client.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from typing import Any
 
@@ -17,6 +18,19 @@ from twisted.internet.utils import getProcessOutputAndValue
 from gateway.mqtt.session import BrokerSession
 from gateway.tap import Options, makeService
 from tests.brokers import free_port, poll
+
+
+def password_file(**users: str) -> str:
+    """A mosquitto password file made by mosquitto_passwd, with C{users}."""
+    path = os.path.join(tempfile.mkdtemp(prefix="passwords-"), "passwords")
+    open(path, "w").close()
+    for user, password in users.items():
+        subprocess.run(
+            ["mosquitto_passwd", "-b", path, user, password],
+            check=True,
+            capture_output=True,
+        )
+    return path
 
 
 @attrs.frozen

@@ -234,7 +234,7 @@ class ExampleFileTests(SynchronousTestCase):
         self.assertFalse(c.embedded_broker)
         folder = os.path.dirname(EXAMPLE)
         self.assertEqual(c.tls.cert, os.path.join(folder, "server.crt"))
-        self.assertIsNone(c.auth.password_file)
+        self.assertEqual(c.auth.password_file, os.path.join(folder, "passwords"))
 
     def test_every_key(self) -> None:
         """The example sets every key of SPEC section 3, and no other."""

@@ -69,7 +69,9 @@ class AuthenticatorTests(SynchronousTestCase):
         )
         self.assertEqual(
             identity,
-            Identity("http-c1", "user0", Proof.PASSWORD, "10.0.0.1:5", b"secret0"),
+            Identity(
+                "http-c1", "user0", Proof.PASSWORD, "10.0.0.1:5", b"secret0", "c1"
+            ),
         )
 
     def test_wrong_password(self) -> None:

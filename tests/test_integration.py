@@ -15,10 +15,16 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import Amqtt, Mosquitto, Received, Subscriber
-from tests.gateway import CurlResult, RunningGateway, curl
+from tests.gateway import CurlResult, RunningGateway, curl, password_file
 
 MESSAGE_ID = re.compile(r"^[0-9A-F]{32}$")
 SEED_BODY = b'{ "message": "Hello, world" }'
+
+
+ANONYMOUS_AND_USERS = (
+    "[auth]\nallow_anonymous = true\n"
+    f'password_file = "{password_file(user0="secret0", bob="builder")}"\n'
+)
 
 
 def config(broker: str, *, protocol: str = "auto", extra: str = "") -> str:
@@ -26,7 +32,7 @@ def config(broker: str, *, protocol: str = "auto", extra: str = "") -> str:
         f'[mqtt]\nbrokers = ["{broker}"]\nprotocol = "{protocol}"\n'
         "publish_timeout = 2\nkeepalive = 10\n"
         '[log]\naccess = ""\n'
-        "[http]\nmax_body = 4096\n" + extra
+        "[http]\nmax_body = 4096\n" + (extra or ANONYMOUS_AND_USERS)
     )
 
 
@@ -88,7 +94,7 @@ class MQTT5DeliveryTests(GatewayTestCase):
     async def test_seed_example(self) -> None:
         """The seed's curl command, verbatim but for the host: 200 with an
         X-Message-Id, and exactly the body arrives on 'home', QoS 1, not
-        retained, with the sender's client id as a user property."""
+        retained, with the sender's client id and user as user properties."""
         result = await curl(
             "--verbose",
             "--request",
@@ -106,7 +112,8 @@ class MQTT5DeliveryTests(GatewayTestCase):
             ("home", SEED_BODY, 1, False),
         )
         self.assertEqual(
-            message.properties["UserProperty"], [("http-client-id", "curl-x")]
+            message.properties["UserProperty"],
+            [("http-client-id", "curl-x"), ("http-username", "user0")],
         )
 
     async def test_properties(self) -> None:
@@ -118,6 +125,8 @@ class MQTT5DeliveryTests(GatewayTestCase):
             "&ContentType=application%2Fjson&PayloadFormatIndicator=1"
             "&MessageExpiryInterval=3600&UserProp.2.Key=second&UserProp.2.Value=2"
             "&UserProp.1.Key=first&UserProp.1.Value=1&client_id=dev-7&username=bob",
+            "--user",
+            "user0:builder",
             "--data-binary",
             "{}",
         )

@@ -11,9 +11,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from gateway.auth.identify import Authenticator
+from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
+from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 from gateway.web.messages import HTTPRequest, HTTPResponse
 from gateway.web.router import Router
@@ -35,18 +40,34 @@ def request(
     )
 
 
-class RecordingCore:
-    """Stands in for the core: records what it was asked and answers as told."""
+@implementer(IPublisher)
+class RecordingPublisher:
+    """Stands in for the broker: records what it was asked and answers as told."""
+
+    connected = True
 
     def __init__(self, answer: Deferred[PublishResult] | None = None) -> None:
         self.calls: list[tuple[Identity, Message]] = []
         self.answer = answer
 
-    def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
+    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         self.calls.append((identity, message))
         if self.answer is not None:
             return self.answer
         return succeed(PublishResult("0123456789ABCDEF0123456789ABCDEF"))
+
+    def connection_closed(self, connection_id: str) -> None:
+        pass
+
+
+class DenyTopic:
+    def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
+        return topic != "secret"
+
+
+class Passwords:
+    def verify(self, user: str, password: bytes) -> bool:
+        return (user, password) == ("user0", b"secret0")
 
 
 class ParseTopicTests(SynchronousTestCase):
@@ -198,9 +219,19 @@ class ParsePublishTests(SynchronousTestCase):
 
 class TopicsAPITests(SynchronousTestCase):
     def answer(
-        self, req: HTTPRequest, core: RecordingCore | None = None
+        self,
+        req: HTTPRequest,
+        core: RecordingPublisher | None = None,
+        anonymous: bool = True,
     ) -> HTTPResponse:
-        api = Router(TopicsAPI((core or RecordingCore()).publish))
+        publisher = core or RecordingPublisher()
+        gateway = Gateway(
+            publisher,
+            Authenticator(Passwords(), allow_anonymous=anonymous),
+            Clock(),
+            DenyTopic(),
+        )
+        api = Router(TopicsAPI(gateway), publisher)
         result = api.handle(req)
         if isinstance(result, Deferred):
             return self.successResultOf(result)
@@ -219,7 +250,7 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_success(self) -> None:
         """200, empty body, X-Message-Id; the core got the message and identity."""
-        core = RecordingCore()
+        core = RecordingPublisher()
         response = self.answer(request(b"/topics/home?client_id=curl-x", b"{}"), core)
         self.assertEqual(response.status, 200)
         self.assertEqual(response.body, b"")
@@ -235,13 +266,13 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_default_client_id(self) -> None:
         """Without client_id the sender is http-{connection id}."""
-        core = RecordingCore()
+        core = RecordingPublisher()
         self.answer(request(b"/topics/home"), core)
         self.assertEqual(core.calls[0][0].client_id, "http-c0ffee")
 
     def test_method_not_allowed(self) -> None:
         """GET on /topics/... is 405 with Allow: POST, and nothing is published."""
-        core = RecordingCore()
+        core = RecordingPublisher()
         for method in ("GET", "PUT", "DELETE", "HEAD"):
             response = self.answer(request(b"/topics/home", method=method), core)
             self.assertError(response, 405, "MethodNotAllowed")
@@ -255,7 +286,7 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_invalid_request_publishes_nothing(self) -> None:
         """A 400 for a parameter never reaches the core."""
-        core = RecordingCore()
+        core = RecordingPublisher()
         body = self.assertError(
             self.answer(request(b"/topics/home?retain=true"), core),
             400,
@@ -274,8 +305,49 @@ class TopicsAPITests(SynchronousTestCase):
             (from_reason_code(0x80), 502, "BrokerRejected", None),
         ]
         for error, status, code, retry in cases:
-            core = RecordingCore(fail(error))
+            core = RecordingPublisher(fail(error))
             response = self.answer(request(b"/topics/home"), core)
             self.assertError(response, status, code)
             self.assertEqual(dict(response.headers).get("Retry-After"), retry)
             self.assertEqual(response.log.client_id, "http-c0ffee")
+
+    def test_authentication(self) -> None:
+        """Without anonymous access: no or wrong credentials are 401 asking for
+        Basic; the seed's credentials pass; username= needs its own password."""
+        core = RecordingPublisher()
+        seed = ((b"authorization", b"Basic dXNlcjA6c2VjcmV0MA=="),)
+        for headers, query in (((), b""), (((b"authorization", b"Basic eDp5"),), b"")):
+            response = self.answer(
+                request(b"/topics/home?" + query, headers=headers),
+                core,
+                anonymous=False,
+            )
+            self.assertError(response, 401, "Unauthorized")
+            self.assertIn(
+                ("WWW-Authenticate", 'Basic realm="mqtt-http-gateway"'),
+                response.headers,
+            )
+        response = self.answer(
+            request(b"/topics/home?username=admin", headers=seed), core, anonymous=False
+        )
+        self.assertError(response, 401, "Unauthorized")
+        self.assertEqual(core.calls, [])
+        response = self.answer(
+            request(b"/topics/home?client_id=curl-x", headers=seed),
+            core,
+            anonymous=False,
+        )
+        self.assertEqual(response.status, 200)
+        self.assertEqual(
+            (response.log.client_id, response.log.user), ("curl-x", "user0")
+        )
+        [(identity, _)] = core.calls
+        self.assertEqual((identity.client_id, identity.username), ("curl-x", "user0"))
+
+    def test_acl_denied(self) -> None:
+        """A topic the ACL denies is 403 and nothing is published."""
+        core = RecordingPublisher()
+        self.assertError(
+            self.answer(request(b"/topics/secret"), core), 403, "Forbidden"
+        )
+        self.assertEqual(core.calls, [])

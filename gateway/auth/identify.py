@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -37,6 +37,7 @@ class Claim:
     @ivar username: the C{username} parameter.
     @ivar connection_id: the HTTP connection's id (default client ids).
     @ivar peer: the source address, C{host:port}.
+    @ivar keep_alive: whether the HTTP connection stays open after this request.
     """
 
     basic: tuple[str, bytes] | None = attrs.field(default=None, repr=False)
@@ -45,6 +46,18 @@ class Claim:
     username: str | None = None
     connection_id: str = ""
     peer: str = ""
+    keep_alive: bool = False
+
+    def identity(self, **fields: Any) -> Identity:
+        """An identity for this claim's sender: C{fields}, and the claim's client
+        id (or the connection's default one), peer and connection."""
+        fields.setdefault("client_id", self.client_id or f"http-{self.connection_id}")
+        return Identity(
+            peer=self.peer,
+            connection_id=self.connection_id,
+            keep_alive=self.keep_alive,
+            **fields,
+        )
 
 
 def parse_basic(header: bytes | None) -> tuple[str, bytes] | None:
@@ -120,10 +133,7 @@ class Authenticator:
             raise unauthorized("a username needs a password (HTTP Basic)")
         if not self.allow_anonymous:
             raise unauthorized("credentials are required")
-        return Identity(
-            client_id=claim.client_id or f"http-{claim.connection_id}",
-            peer=claim.peer,
-        )
+        return claim.identity()
 
     def _certificate(self, claim: Claim) -> Identity:
         cn = claim.certificate_cn
@@ -138,9 +148,7 @@ class Authenticator:
                     f"{name} {value!r} differs from the certificate's CN {cn!r}",
                     parameter=name,
                 )
-        return Identity(
-            client_id=cn, username=cn, proof=Proof.CERTIFICATE, peer=claim.peer
-        )
+        return claim.identity(client_id=cn, username=cn, proof=Proof.CERTIFICATE)
 
     def _password(self, claim: Claim, now: float) -> Identity:
         assert claim.basic is not None
@@ -158,10 +166,4 @@ class Authenticator:
             if self.passwords is None or not self.passwords.verify(user, password):
                 self.failures.take(address, now)
                 raise unauthorized("wrong user name or password")
-        return Identity(
-            client_id=claim.client_id or f"http-{claim.connection_id}",
-            username=user,
-            proof=Proof.PASSWORD,
-            peer=claim.peer,
-            password=password,
-        )
+        return claim.identity(username=user, proof=Proof.PASSWORD, password=password)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 
 from gateway.errors import Code, GatewayError
+from gateway.interfaces import IPublisher
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.topics import TOPICS_PREFIX, TopicsAPI, error_response
 
@@ -18,8 +19,9 @@ class Router:
     path is a 400 C{InvalidPath}.
     """
 
-    def __init__(self, topics: TopicsAPI) -> None:
+    def __init__(self, topics: TopicsAPI, publisher: IPublisher) -> None:
         self.topics = topics
+        self.publisher = publisher
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer C{request} with the API its path names."""
@@ -34,4 +36,5 @@ class Router:
         return error_response(error, AccessLogFields())
 
     def connection_closed(self, connection_id: str) -> None:
-        """Nothing outlives an HTTP connection in gateway mode."""
+        """Tell the publisher (broker mode ties sessions to connections)."""
+        self.publisher.connection_closed(connection_id)

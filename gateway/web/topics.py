@@ -17,8 +17,11 @@ from urllib.parse import unquote_to_bytes
 import attrs
 from twisted.internet.defer import Deferred
 
+from gateway.auth.certs import peer_common_name
+from gateway.auth.identify import Claim, parse_basic
+from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Message, PublishResult
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 
 TOPICS_PREFIX = b"/topics/"
@@ -249,13 +252,11 @@ class TopicsAPI:
     """
     The adapter of API 1: request in, response out, the core in between.
 
-    @ivar publish: the core's entry point, C{(identity, message) -> Deferred}.
+    @ivar core: the one message path (identify, authorize, publish).
     """
 
-    def __init__(
-        self, publish: Callable[[Identity, Message], Deferred[PublishResult]]
-    ) -> None:
-        self.publish = publish
+    def __init__(self, core: Gateway) -> None:
+        self.core = core
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer one request to C{/topics/...}."""
@@ -270,13 +271,10 @@ class TopicsAPI:
             )
         try:
             asked = parse_publish(request)
+            claim = claim_of(request, asked)
+            identity = self.core.identify(claim)
         except GatewayError as e:
             return error_response(e, AccessLogFields())
-        identity = Identity(
-            client_id=asked.client_id or f"http-{request.connection_id}",
-            username=asked.username,
-            peer=request.peer,
-        )
         log = AccessLogFields(client_id=identity.client_id, user=identity.username)
 
         def done(result: PublishResult) -> HTTPResponse:
@@ -290,8 +288,27 @@ class TopicsAPI:
             failure.trap(GatewayError)
             return error_response(failure.value, log)
 
-        return self.publish(identity, asked.message).addCallbacks(done, failed)
+        return self.core.publish(identity, asked.message).addCallbacks(done, failed)
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error the HTTP server found before this adapter ran."""
         return error_response(error, AccessLogFields())
+
+
+def claim_of(request: HTTPRequest, asked: PublishRequest) -> Claim:
+    """
+    What a request says about its sender: Basic credentials, the verified client
+    certificate's CN, the C{client_id} and C{username} parameters.
+
+    @raise GatewayError: 401 for an unreadable C{Authorization} header.
+    """
+    certificate = request.peer_certificate
+    return Claim(
+        basic=parse_basic(request.header(b"authorization")),
+        certificate_cn=None if certificate is None else peer_common_name(certificate),
+        client_id=asked.client_id,
+        username=asked.username,
+        connection_id=request.connection_id,
+        peer=request.peer,
+        keep_alive=request.keep_alive,
+    )
