@@ -131,3 +131,57 @@ def from_reason_code(reason_code: int) -> GatewayError:
         status=status,
         retry_after=retry_after,
     )
+
+
+#: The challenge sent with every 401.
+REALM = 'Basic realm="mqtt-http-gateway"'
+
+# CONNACK refusals, when the gateway connects as the sender (broker mode): MQTT 5
+# reason codes and MQTT 3.1.1 return codes.
+_CONNACK_5: dict[int, tuple[Code, str]] = {
+    0x85: (Code.InvalidParameter, "the broker refused the client id"),
+    0x86: (Code.Unauthorized, "the broker refused the user name or password"),
+    0x87: (Code.Forbidden, "the broker did not authorize this client"),
+    0x88: (Code.BrokerUnavailable, "the broker is unavailable"),
+    0x89: (Code.BrokerUnavailable, "the broker is busy"),
+    0x8A: (Code.Forbidden, "the broker has banned this client"),
+    0x8C: (Code.Unauthorized, "the broker refused the authentication method"),
+    0x97: (Code.RateLimited, "the broker's quota is exceeded"),
+    0x9F: (Code.RateLimited, "the broker's connection rate is exceeded"),
+}
+_CONNACK_3_1_1: dict[int, tuple[Code, str]] = {
+    2: (Code.InvalidParameter, "the broker refused the client id"),
+    3: (Code.BrokerUnavailable, "the broker is unavailable"),
+    4: (Code.Unauthorized, "the broker refused the user name or password"),
+    5: (Code.Forbidden, "the broker did not authorize this client"),
+}
+
+
+def from_connack_code(code: int, protocol_level: int) -> GatewayError:
+    """
+    The error for a broker's refusal of a CONNECT made as the sender.
+
+    401 (with C{WWW-Authenticate}) for bad credentials, 403 for a client that is
+    not authorized or banned, 400 for a client id the broker refuses, 429 (with
+    C{Retry-After}) for quotas and connection rates, 503 (with C{Retry-After}) for a
+    broker that is unavailable or busy, 502 for anything else.
+
+    @param code: the CONNACK reason code (MQTT 5, >= 0x80) or return code
+        (MQTT 3.1.1, 1 to 5).
+    @param protocol_level: the level of the refused CONNECT (4 or 5). A code below
+        0x80 is read as a 3.1.1 return code whatever the level, since MQTT 5 has
+        no failure codes there.
+    """
+    table = _CONNACK_3_1_1 if protocol_level == 4 or code < 0x80 else _CONNACK_5
+    code_, message = table.get(
+        code, (Code.BrokerRejected, "the broker refused the connection")
+    )
+    retry_after = 1 if code_ in (Code.RateLimited, Code.BrokerUnavailable) else None
+    headers = (("WWW-Authenticate", REALM),) if code_ is Code.Unauthorized else ()
+    return GatewayError(
+        code_,
+        f"{message} (CONNACK code 0x{code:02X})",
+        retry_after=retry_after,
+        headers=headers,
+        parameter="client_id" if code_ is Code.InvalidParameter else None,
+    )

@@ -7,6 +7,10 @@ reconnects with exponential back-off and jitter, falls back from MQTT 5 to 3.1.1
 asked to, and owns the in-flight window: messages beyond the broker's Receive
 Maximum wait in a bounded queue, unacknowledged QoS 1/2 messages are sent again (DUP)
 after a reconnect, and every caller hears back within the publish timeout.
+
+Made with C{reconnect=False} it is one sender's session in broker mode: a single
+connection (the next broker tried only while none answers), whose refusal or loss
+fails every waiting message and ends the session.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
+from gateway.errors import (
+    Code,
+    GatewayError,
+    broker_unavailable,
+    from_connack_code,
+    from_reason_code,
+)
 from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
@@ -61,7 +71,8 @@ class SessionSettings:
     @ivar protocol: C{"5"}, C{"3.1.1"} or C{"auto"} (5, and 3.1.1 for a broker that
         refuses 5, closes the connection or stays silent).
     @ivar session_expiry: seconds the broker keeps the MQTT 5 session after a
-        connection loss, so that unacknowledged messages can be resumed.
+        connection loss, so that unacknowledged messages can be resumed; C{0} (sent
+        as no Session Expiry Interval) ends it with the connection.
     """
 
     client_id: str
@@ -199,7 +210,16 @@ class BrokerSession(Service):
         max_inflight: int = 1000,
         clock: IReactorTime | None = None,
         retry_policy: Callable[[int], float] | None = None,
+        reconnect: bool = True,
+        levels: dict[str, int] | None = None,
     ) -> None:
+        """
+        @param reconnect: C{False} for a session that ends rather than reconnects
+            (see L{when_ended}); it logs its routine events at debug level only.
+        @param levels: the protocol level to try first per broker name, updated
+            when a broker turns out to speak only 3.1.1; pass the same dict to many
+            sessions so that they learn it once.
+        """
         if not brokers:
             raise ValueError("at least one broker is needed")
         if clock is None:
@@ -216,12 +236,18 @@ class BrokerSession(Service):
         self._retry_policy = retry_policy or backoffPolicy(
             initialDelay=0.25, maxDelay=30.0, factor=2.0
         )
-        self._levels = {
-            broker.name: (
-                codec.MQTT_3_1_1 if settings.protocol == "3.1.1" else codec.MQTT_5
+        self.reconnect = reconnect
+        self._levels = {} if levels is None else levels
+        for broker in self.brokers:
+            self._levels.setdefault(
+                broker.name,
+                codec.MQTT_3_1_1 if settings.protocol == "3.1.1" else codec.MQTT_5,
             )
-            for broker in self.brokers
-        }
+        self._attempt_level = codec.MQTT_5
+        self._tried = 0
+        self._ended = False
+        self._end_reason: GatewayError | None = None
+        self._end_waiters: list[Deferred[GatewayError | None]] = []
         self._index = 0
         self._failures = 0
         self._ever_connected = False
@@ -253,6 +279,30 @@ class BrokerSession(Service):
         return self.brokers[self._index].name if self._protocol else None
 
     @property
+    def was_connected(self) -> bool:
+        """Whether a broker has accepted this session at least once."""
+        return self._ever_connected
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session is over for good (see L{when_ended})."""
+        return self._ended
+
+    def when_ended(self) -> Deferred[GatewayError | None]:
+        """
+        Fires once the session is over for good and will not connect again: with
+        C{None} when L{stopService} ended it; with the L{GatewayError} every waiting
+        message failed with when a session made with C{reconnect=False} was refused
+        (the CONNACK code mapped by L{from_connack_code}), found no broker (503) or
+        lost its connection (503).
+        """
+        if self._ended:
+            return succeed(self._end_reason)
+        d: Deferred[GatewayError | None] = Deferred()
+        self._end_waiters.append(d)
+        return d
+
+    @property
     def inflight_count(self) -> int:
         """QoS 1/2 messages sent and not yet acknowledged."""
         return len(self._inflight)
@@ -270,7 +320,9 @@ class BrokerSession(Service):
         when the session speaks MQTT 5.
         """
         pending = _Pending(message, extra_properties, new_message_id(), Deferred())
-        if self._retry_at is not None and self._protocol is None:
+        if self._ended:
+            pending.fail(broker_unavailable("the broker session has ended"))
+        elif self._retry_at is not None and self._protocol is None:
             pending.fail(self._unreachable())
         elif len(self._queue) + len(self._inflight) >= self.max_queue:
             pending.fail(
@@ -301,10 +353,33 @@ class BrokerSession(Service):
             self._connecting.cancel()
         self._fail_waiting(broker_unavailable("the gateway is shutting down"))
         if self._protocol is None:
+            self._end(None)
             return succeed(None)
-        self._stopped = Deferred()
+        stopped: Deferred[None] = Deferred()
+        self._stopped = stopped
+        stopped.addCallback(lambda _: self._end(None))
         self._protocol.disconnect()
-        return self._stopped
+        return stopped
+
+    def _end(self, error: GatewayError | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._end_reason = error
+        if error is not None:
+            self._fail_waiting(error)
+        waiters, self._end_waiters = self._end_waiters, []
+        for d in waiters:
+            d.callback(error)
+
+    def _say(self, level: LogLevel, format: str, **kw: object) -> None:
+        # A session per sender (reconnect=False) would fill the log with routine.
+        self._log.emit(
+            level if self.reconnect else LogLevel.debug,
+            format,
+            client_id=self.settings.client_id,
+            **kw,
+        )
 
     # -- connecting
 
@@ -317,6 +392,7 @@ class BrokerSession(Service):
 
     def _connect(self, broker: Broker, level: int) -> Deferred[None]:
         settings = self.settings
+        self._attempt_level = level
         clean = not self._ever_connected
         connect = codec.Connect(
             client_id=settings.client_id,
@@ -327,7 +403,7 @@ class BrokerSession(Service):
             password=settings.password,
             properties=(
                 codec.Properties(session_expiry_interval=settings.session_expiry)
-                if level == codec.MQTT_5
+                if level == codec.MQTT_5 and settings.session_expiry
                 else codec.NO_PROPERTIES
             ),
         )
@@ -349,7 +425,8 @@ class BrokerSession(Service):
                 and level == codec.MQTT_5
                 and settings.protocol == "auto"
             ):
-                self._log.info(
+                self._say(
+                    LogLevel.info,
                     "{broker} does not speak MQTT 5 ({why}); trying MQTT 3.1.1",
                     broker=broker.name,
                     why=str(error),
@@ -358,7 +435,13 @@ class BrokerSession(Service):
 
                 def undo(failure: Failure) -> Failure:
                     # Neither level worked: the broker may just be starting up.
-                    self._levels[broker.name] = codec.MQTT_5
+                    # (A 3.1.1 refusal such as bad credentials shows it speaks 3.1.1.)
+                    refused = failure.value
+                    if not (
+                        isinstance(refused, ConnectFailed)
+                        and refused.reason_code not in (None, 0x01)
+                    ):
+                        self._levels[broker.name] = codec.MQTT_5
                     return failure
 
                 return self._connect(broker, codec.MQTT_3_1_1).addErrback(undo)
@@ -383,7 +466,8 @@ class BrokerSession(Service):
             else BrokerLimits()
         )
         protocol.attach(self)
-        self._log.info(
+        self._say(
+            LogLevel.info,
             "Connected to {broker} (MQTT {version}, session {session})",
             broker=broker.name,
             version="5" if protocol.protocol_level == codec.MQTT_5 else "3.1.1",
@@ -395,6 +479,9 @@ class BrokerSession(Service):
     def _attempt_failed(self, failure: Failure, broker: Broker) -> None:
         self._connecting = None
         if not self.running:
+            return
+        if not self.reconnect:
+            self._give_up_or_next(failure, broker)
             return
         self._failures += 1
         delay = self._retry_policy(self._failures)
@@ -408,6 +495,30 @@ class BrokerSession(Service):
         self._schedule(delay)
         # Nobody is taking messages: say so now rather than at the timeout.
         self._fail_waiting(self._unreachable())
+
+    def _give_up_or_next(self, failure: Failure, broker: Broker) -> None:
+        """
+        Without reconnecting: a broker that could not be reached (or says it is
+        unavailable) passes the session to the next one not yet tried; any other
+        refusal, or the last broker's failure, ends the session.
+        """
+        self._tried += 1
+        why = failure.value
+        if isinstance(why, ConnectFailed) and why.reason_code is not None:
+            error = from_connack_code(why.reason_code, self._attempt_level)
+        else:
+            error = broker_unavailable("no MQTT broker is reachable")
+        self._say(
+            LogLevel.warn,
+            "Cannot connect to {broker} as {client_id}: {why}",
+            broker=broker.name,
+            why=failure.getErrorMessage(),
+        )
+        if error.code is Code.BrokerUnavailable and self._tried < len(self.brokers):
+            self._index = (self._index + 1) % len(self.brokers)
+            self._attempt()
+        else:
+            self._end(error)
 
     def _schedule(self, delay: float) -> None:
         self._retry_at = self._clock.seconds() + delay
@@ -439,11 +550,15 @@ class BrokerSession(Service):
             return
         if not self.running:
             return
-        self._log.warn(
+        self._say(
+            LogLevel.warn,
             "Lost the connection to {broker}: {why}",
             broker=self.brokers[self._index].name,
             why=reason.getErrorMessage(),
         )
+        if not self.reconnect:
+            self._end(broker_unavailable("the connection to the broker was lost"))
+            return
         # Reconnect soon but not at once, and tell callers to wait meanwhile.
         self._retry_at = None
         self._retry = self._clock.callLater(self._retry_policy(0), self._attempt)
@@ -458,7 +573,8 @@ class BrokerSession(Service):
             code = packet.reason_code
             self._finish(packet.packet_id, 0 if code == _PACKET_ID_NOT_FOUND else code)
         elif isinstance(packet, codec.Disconnect):
-            self._log.warn(
+            self._say(
+                LogLevel.warn,
                 "The broker disconnected us (reason 0x{code:02X} {why})",
                 code=packet.reason_code,
                 why=packet.properties.reason_string or "",
