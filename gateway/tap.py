@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import signal
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -38,7 +39,7 @@ from twisted.python import usage
 
 from gateway import __version__
 from gateway.accesslog import AccessLog
-from gateway.auth.acl import ACL, ACLFileError
+from gateway.auth.acl import ACL
 from gateway.auth.certs import (
     ReloadableServerTLS,
     ServerTLSOptions,
@@ -46,8 +47,9 @@ from gateway.auth.certs import (
     load_server_options,
     tls_factory,
 )
+from gateway.auth.files import AuthFileError
 from gateway.auth.identify import Authenticator
-from gateway.auth.passwords import PasswordFile, PasswordFileError
+from gateway.auth.passwords import PasswordFile
 from gateway.config import (
     BrokerAddress,
     Config,
@@ -66,6 +68,7 @@ from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
 
 log = Logger()
+T = TypeVar("T")
 
 # Request targets may carry a whole topic (65535 bytes, percent-encoded three times
 # over) or, for the query-string API, a payload as large as a body.
@@ -159,34 +162,18 @@ def broker_endpoint(
     return wrapClientTLS(options, tcp)
 
 
-def load_passwords(config: Config) -> PasswordFile | None:
+def load_auth_file(key: str, path: str | None, load: Callable[[str], T]) -> T | None:
     """
-    The password file of C{[auth] password_file}, or C{None} when not set.
+    The file of C{[auth] key} loaded with C{load}, or C{None} when not set.
 
     @raise ConfigError: naming the key, file and line for an unreadable or bad file.
     """
-    path = config.auth.password_file
     if path is None:
         return None
     try:
-        return PasswordFile.load(path)
-    except PasswordFileError as e:
-        raise ConfigError(f"auth.password_file: {e}") from None
-
-
-def load_acl(config: Config) -> ACL | None:
-    """
-    The ACL of C{[auth] acl_file}, or C{None} when not set.
-
-    @raise ConfigError: naming the key, file and line for an unreadable or bad file.
-    """
-    path = config.auth.acl_file
-    if path is None:
-        return None
-    try:
-        return ACL.load(path)
-    except ACLFileError as e:
-        raise ConfigError(f"auth.acl_file: {e}") from None
+        return load(path)
+    except AuthFileError as e:
+        raise ConfigError(f"auth.{key}: {e}") from None
 
 
 class Options(usage.Options):
@@ -257,8 +244,11 @@ class Options(usage.Options):
                 Broker(address.uri, broker_endpoint(reactor, address, config.mqtt))
                 for address in config.mqtt.brokers
             ]
-            self.passwords = load_passwords(config)
-            self.acl = load_acl(config)
+            auth = config.auth
+            self.passwords = load_auth_file(
+                "password_file", auth.password_file, PasswordFile.load
+            )
+            self.acl = load_auth_file("acl_file", auth.acl_file, ACL.load)
             self.tls = load_server_options(config.tls) if config.tls.listen else None
         except (ConfigError, TLSConfigError) as e:
             raise StartupError(str(e)) from None

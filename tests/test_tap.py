@@ -91,6 +91,13 @@ class OptionsTests(SynchronousTestCase):
             self.refused("--config", write('[http]\nlisten = ["tcpp:80"]\n')),
         )
         self.assertIn("--broker", self.refused("--broker", "http://x"))
+        bad = write("user0:$5$nope\n")
+        message = self.refused("--config", write(f'[auth]\npassword_file = "{bad}"\n'))
+        self.assertIn(f"auth.password_file: {bad}:1:", message)
+        self.assertNotIn("nope", message)
+        message = self.refused("--config", write('[auth]\nacl_file = "missing-acl"\n'))
+        self.assertIn("auth.acl_file:", message)
+        self.assertIn("missing-acl", message)
         self.assertIn("nope.toml", self.refused("--config", "/nonexistent/nope.toml"))
 
     def test_unsupported_features_refused(self) -> None:

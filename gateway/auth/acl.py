@@ -39,6 +39,8 @@ from typing import TypeAlias
 
 import attrs
 
+from gateway.auth.files import AuthFileError
+
 # What C isspace() counts as blank; str.strip() would also strip Unicode spaces.
 _BLANKS = " \t\n\v\f\r"
 _MAX_FILTER_BYTES = 65535
@@ -46,22 +48,8 @@ _SUBSTITUTION = re.compile(r"(%[cu])")
 _Filter: TypeAlias = tuple[str, ...]
 
 
-class ACLFileError(Exception):
-    """
-    An ACL file that cannot be used. C{str()} is one line naming the file and,
-    where there is one, the line: C{"acl:4: invalid topic filter 'a/#/b'"}.
-
-    @ivar name: the file's name (its path when loaded).
-    @ivar line: the 1-based line number, or C{None} for the file as a whole.
-    @ivar reason: what is wrong.
-    """
-
-    def __init__(self, name: str, line: int | None, reason: str) -> None:
-        where = name if line is None else f"{name}:{line}"
-        super().__init__(f"{where}: {reason}")
-        self.name = name
-        self.line = line
-        self.reason = reason
+class ACLFileError(AuthFileError):
+    """An ACL file that cannot be used (see L{AuthFileError})."""
 
 
 def is_valid_filter(topic_filter: str) -> bool:

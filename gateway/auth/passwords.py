@@ -23,6 +23,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from gateway.auth.files import AuthFileError
+
 # What C isspace() counts as blank; str.strip() would also strip Unicode spaces.
 _BLANKS = " \t\n\v\f\r"
 _DIGEST_SIZE = 64  # SHA-512
@@ -31,25 +33,8 @@ _MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default in Mosquitto 2.0
 _HASH_TYPE = re.compile(r"[0-9a-z]{1,3}")
 
 
-class PasswordFileError(Exception):
-    """
-    A password file that cannot be used.
-
-    C{str()} is one line naming the file and, where there is one, the line:
-    C{"passwords:3: unknown hash type $5$"}. It never contains a password or a
-    hash.
-
-    @ivar name: the file's name (its path when loaded).
-    @ivar line: the 1-based line number, or C{None} for the file as a whole.
-    @ivar reason: what is wrong.
-    """
-
-    def __init__(self, name: str, line: int | None, reason: str) -> None:
-        where = name if line is None else f"{name}:{line}"
-        super().__init__(f"{where}: {reason}")
-        self.name = name
-        self.line = line
-        self.reason = reason
+class PasswordFileError(AuthFileError):
+    """A password file that cannot be used (see L{AuthFileError})."""
 
 
 @attrs.frozen
