@@ -54,6 +54,10 @@ _STATUS = {
 }
 
 
+#: The challenge sent with every 401.
+REALM = 'Basic realm="mqtt-http-gateway"'
+
+
 class GatewayError(Exception):
     """
     A request the gateway refuses or cannot complete.
@@ -90,9 +94,12 @@ class GatewayError(Exception):
 
     def response_headers(self) -> list[tuple[str, str]]:
         """
-        The headers an HTTP response carrying this error must have.
+        The headers an HTTP response carrying this error must have: its own, the
+        Basic challenge with a 401, C{Retry-After} when it has a wait.
         """
         headers = list(self.headers)
+        if self.status == 401:
+            headers.append(("WWW-Authenticate", REALM))
         if self.retry_after is not None:
             headers.append(("Retry-After", str(max(1, self.retry_after))))
         return headers
@@ -133,15 +140,14 @@ def from_reason_code(reason_code: int) -> GatewayError:
     )
 
 
-#: The challenge sent with every 401.
-REALM = 'Basic realm="mqtt-http-gateway"'
-
 # CONNACK refusals, when the gateway connects as the sender (broker mode): MQTT 5
-# reason codes and MQTT 3.1.1 return codes.
+# reason codes and MQTT 3.1.1 return codes. "Not authorized" at CONNECT is 401, not
+# 403: no topic is involved yet, and Mosquitto (like other brokers) answers a wrong
+# password with it rather than with "bad user name or password".
 _CONNACK_5: dict[int, tuple[Code, str]] = {
     0x85: (Code.InvalidParameter, "the broker refused the client id"),
     0x86: (Code.Unauthorized, "the broker refused the user name or password"),
-    0x87: (Code.Forbidden, "the broker did not authorize this client"),
+    0x87: (Code.Unauthorized, "the broker did not authorize this client"),
     0x88: (Code.BrokerUnavailable, "the broker is unavailable"),
     0x89: (Code.BrokerUnavailable, "the broker is busy"),
     0x8A: (Code.Forbidden, "the broker has banned this client"),
@@ -153,7 +159,7 @@ _CONNACK_3_1_1: dict[int, tuple[Code, str]] = {
     2: (Code.InvalidParameter, "the broker refused the client id"),
     3: (Code.BrokerUnavailable, "the broker is unavailable"),
     4: (Code.Unauthorized, "the broker refused the user name or password"),
-    5: (Code.Forbidden, "the broker did not authorize this client"),
+    5: (Code.Unauthorized, "the broker did not authorize this client"),
 }
 
 
@@ -161,8 +167,9 @@ def from_connack_code(code: int, protocol_level: int) -> GatewayError:
     """
     The error for a broker's refusal of a CONNECT made as the sender.
 
-    401 (with C{WWW-Authenticate}) for bad credentials, 403 for a client that is
-    not authorized or banned, 400 for a client id the broker refuses, 429 (with
+    401 (with C{WWW-Authenticate}) for bad credentials or a client that is not
+    authorized to connect (brokers such as Mosquitto say so for a wrong password),
+    403 for a banned client, 400 for a client id the broker refuses, 429 (with
     C{Retry-After}) for quotas and connection rates, 503 (with C{Retry-After}) for a
     broker that is unavailable or busy, 502 for anything else.
 
@@ -177,11 +184,9 @@ def from_connack_code(code: int, protocol_level: int) -> GatewayError:
         code, (Code.BrokerRejected, "the broker refused the connection")
     )
     retry_after = 1 if code_ in (Code.RateLimited, Code.BrokerUnavailable) else None
-    headers = (("WWW-Authenticate", REALM),) if code_ is Code.Unauthorized else ()
     return GatewayError(
         code_,
         f"{message} (CONNACK code 0x{code:02X})",
         retry_after=retry_after,
-        headers=headers,
         parameter="client_id" if code_ is Code.InvalidParameter else None,
     )

@@ -61,6 +61,7 @@ from gateway.config import (
 from gateway.core import Gateway
 from gateway.embedded import EmbeddedBrokerService
 from gateway.interfaces import IPublisher
+from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.web.router import Router
@@ -89,7 +90,6 @@ class StartupError(SystemExit):
 _NOT_AVAILABLE = (
     ("admin.listen", lambda c: bool(c.admin.listen)),
     ("aliyun.instance_id", lambda c: c.aliyun.enabled),
-    ("auth.mode", lambda c: c.auth.mode != "gateway"),
 )
 
 
@@ -344,8 +344,6 @@ def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher
     """The publisher of the configured mode, its services under C{root}."""
     config = options.config
     if config.auth.mode == "broker":
-        from gateway.mqtt.passthrough import PassthroughPublisher  # type: ignore[import-not-found,unused-ignore]
-
         passthrough = PassthroughPublisher(
             options.brokers,
             protocol=config.mqtt.protocol,
@@ -357,7 +355,7 @@ def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher
         passthrough.setName("mqtt-sessions")
         passthrough.setServiceParent(root)
         log.info("Broker mode: each sender gets its own broker session")
-        return passthrough  # type: ignore[no-any-return,unused-ignore]
+        return passthrough
     settings = SessionSettings(
         client_id=config.mqtt.gateway_client_id(socket.gethostname()),
         username=config.mqtt.username or None,

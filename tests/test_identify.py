@@ -9,8 +9,8 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.auth.identify import REALM, Authenticator, Claim, parse_basic
-from gateway.errors import Code, GatewayError
+from gateway.auth.identify import Authenticator, Claim, parse_basic
+from gateway.errors import REALM, Code, GatewayError
 from gateway.model import Identity, Proof
 
 

@@ -103,7 +103,8 @@ class OptionsTests(SynchronousTestCase):
     def test_unsupported_features_refused(self) -> None:
         """Settings for what this version cannot do are refused, not ignored."""
         self.assertIn(
-            "auth.mode", self.refused("--config", write('[auth]\nmode = "broker"\n'))
+            "admin.listen",
+            self.refused("--config", write('[admin]\nlisten = "tcp:9100"\n')),
         )
 
 

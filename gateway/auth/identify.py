@@ -16,8 +16,6 @@ from gateway.errors import Code, GatewayError
 from gateway.limits import KeyedBuckets, retry_after
 from gateway.model import Identity, Proof
 
-REALM = 'Basic realm="mqtt-http-gateway"'
-
 
 class PasswordChecker(Protocol):
     """What authentication needs of a password file."""
@@ -83,10 +81,8 @@ def parse_basic(header: bytes | None) -> tuple[str, bytes] | None:
 
 
 def unauthorized(message: str) -> GatewayError:
-    """A 401 that asks for Basic credentials."""
-    return GatewayError(
-        Code.Unauthorized, message, headers=(("WWW-Authenticate", REALM),)
-    )
+    """A 401 (which asks for Basic credentials)."""
+    return GatewayError(Code.Unauthorized, message)
 
 
 def _host(peer: str) -> str:
