@@ -21,6 +21,7 @@ from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
 from tests.brokers import Mosquitto, Received, Subscriber, poll
+from tests.gateway import CurlResult, RunningGateway, curl
 
 USERS = {"alice": "secret", "bob": "hunter2", "watcher": "watch"}
 ACL = """\
@@ -52,7 +53,7 @@ def sender(
     )
 
 
-class BrokerModeTests(TestCase):
+class BrokerModeFixture(TestCase):
     """A Mosquitto with a password file and an ACL, the pass-through publisher in
     front of it, a subscriber on '#'."""
 
@@ -161,6 +162,10 @@ class BrokerModeTests(TestCase):
             return e
         self.fail(f"expected {status}, the broker took the message")
 
+
+class BrokerModeTests(BrokerModeFixture):
+    """The pass-through publisher, driven directly."""
+
     async def test_good_message(self) -> None:
         """A message arrives with its topic, payload and QoS and no http-* user
         properties; the session was made as the sender."""
@@ -264,3 +269,78 @@ class BrokerMode311Tests(BrokerModeTests):
         acknowledges a denied PUBLISH as if it had taken it."""
 
     test_acl_denied.skip = "MQTT 3.1.1 cannot report a denied PUBLISH"  # type: ignore[attr-defined]
+
+
+class BrokerModeOverHTTPTests(BrokerModeFixture):
+    """The assembled gateway in broker mode, with curl as the client: how many MQTT
+    sessions each HTTP pattern makes, as Mosquitto logs them."""
+
+    async def start(self) -> None:
+        await super().start()
+        self.gateway = RunningGateway(
+            f'[mqtt]\nbrokers = ["mqtt://127.0.0.1:{self.broker.port}"]\n'
+            f'protocol = "{self.protocol}"\npublish_timeout = 5\n'
+            '[auth]\nmode = "broker"\n[log]\naccess = ""\n'
+        )
+        self.addCleanup(self.gateway.stop)
+        self.gateway.service.privilegedStartService()
+        self.gateway.service.startService()
+
+    def curl(self, *args: str) -> Deferred[CurlResult]:
+        return curl("-u", "alice:secret", *args)
+
+    async def test_http10_over_http(self) -> None:
+        """Three HTTP/1.0 requests: three CONNECTs as the sender, each ended by
+        DISCONNECT; each message arrives."""
+        url = self.gateway.topic_url("home/a", "client_id=dev-10")
+        for n in range(3):
+            result = await self.curl("--http1.0", "-X", "POST", "--data", str(n), url)
+            self.assertEqual(result.status, 200, result.raw_head + repr(result.body))
+        await self.wait_disconnects("dev-10", 3)
+        self.assertEqual(self.connects("dev-10"), 3)
+        messages = await self.subscriber.wait_for(3)
+        self.assertEqual([m.payload for m in messages], [b"0", b"1", b"2"])
+        self.assertNotIn("UserProperty", messages[0].properties)
+
+    async def test_keep_alive_over_http(self) -> None:
+        """Three requests on one HTTP/1.1 connection share one session, which ends
+        when the connection does."""
+        url = self.gateway.topic_url("home/b", "client_id=dev-11")
+        args = ["-X", "POST", "--data", "x", url]
+        result = await self.curl(
+            *args,
+            "--next",
+            "-u",
+            "alice:secret",
+            *args,
+            "--next",
+            "-u",
+            "alice:secret",
+            *args,
+        )
+        self.assertEqual(result.status, 200, result.raw_head)
+        await self.subscriber.wait_for(3)
+        await self.wait_disconnects("dev-11", 1)
+        self.assertEqual(self.connects("dev-11"), 1)
+
+    async def test_wrong_password_over_http(self) -> None:
+        """The broker refuses the sender's password: 401 with the Basic challenge,
+        and nothing is published."""
+        result = await curl(
+            "-u",
+            "alice:wrong",
+            "-X",
+            "POST",
+            "--data",
+            "x",
+            self.gateway.topic_url("home/c", "client_id=dev-12"),
+        )
+        self.assertEqual(result.status, 401, result.raw_head)
+        self.assertEqual(
+            result.headers["www-authenticate"], 'Basic realm="mqtt-http-gateway"'
+        )
+        await self.only_marker()
+
+
+class BrokerMode311OverHTTPTests(BrokerModeOverHTTPTests):
+    protocol = "3.1.1"
