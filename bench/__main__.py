@@ -25,9 +25,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(
-            "Benchmark the gateway (QoS 1 through a local Mosquitto) against a bare "
-            "twisted.web resource with wrk, check that every 2xx was delivered, and "
-            "write the results."
+            "Benchmark the gateway (QoS 1 through a local Mosquitto; anonymous, "
+            "Basic, HTTPS with Basic or a device certificate, a TLS handshake per "
+            "request, broker mode) against a bare twisted.web resource, with wrk "
+            "and a python client, check that every 2xx was delivered, and write "
+            "the results."
         ),
     )
     parser.add_argument(
@@ -35,16 +37,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="measured seconds of load per server (whole seconds; default 10)",
+        help="measured seconds of load per scenario (whole seconds; default 10)",
     )
     parser.add_argument(
         "--connections",
         type=int,
         default=32,
-        help="keep-alive connections wrk holds open (default 32)",
+        help="connections of the client, wrk or python (default 32)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="wrk threads (default 1)"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="processes of the python client (bench/loadgen.py), which share the "
+        "connections out as threads (default 2)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_scenario_list,
+        default=scenario.KEYS,
+        metavar="A,B,...",
+        help="the scenarios to run, comma-separated (default: all): "
+        + ", ".join(scenario.KEYS),
     )
     parser.add_argument(
         "--warmup",
@@ -52,6 +69,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1.0,
         metavar="SECONDS",
         help="unmeasured load before each measured run (default 1; 0: none)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each scenario, wait up to SECONDS for other processes to "
+        "leave the machine quiet (for shared machines; default 0: no waiting)",
+    )
+    parser.add_argument(
+        "--rerun-noisy",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run a scenario again, up to N times, while other processes used more "
+        "than 20%% of a CPU during its run; the quietest run counts (default 1)",
     )
     parser.add_argument(
         "--quick",
@@ -78,7 +111,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--duration must be at least 1 second")
     if args.threads < 1 or args.connections < args.threads:
         parser.error("--connections must be at least --threads, which is at least 1")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     return args
+
+
+def _scenario_list(text: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    unknown = [key for key in keys if key not in scenario.KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(scenario.KEYS)
+        )
+    return keys
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -101,8 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=float(max(1, round(args.duration))),
         connections=args.connections,
         threads=args.threads,
+        processes=args.processes,
         warmup=args.warmup,
         keep_logs=args.keep_logs,
+        scenarios=args.scenarios,
+        wait_quiet=args.wait_quiet,
+        rerun_noisy=max(0, args.rerun_noisy),
     )
     command = ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
     try:

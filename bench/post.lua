@@ -2,6 +2,13 @@
 -- so that a subscriber can tell lost and duplicated messages apart.
 --
 --   wrk -t1 -c32 -d10s --latency -s bench/post.lua "http://127.0.0.1:8080/topics/bench/load?qos=1"
+--   wrk ... -s bench/post.lua "https://..." -- basic=YmVuY2g6cGFzc3dvcmQ= http1.0
+--
+-- Arguments after the URL (after "--"):
+--   basic=BASE64  send "Authorization: Basic BASE64" with every request
+--   http1.0       send HTTP/1.0 requests: the server closes the connection after
+--                 every response and wrk opens a new one (over https a new TLS
+--                 handshake, which wrk's OpenSSL resumes when it can)
 --
 -- Body: "<thread, 3 digits>:<request number in that thread, 60 digits>".
 -- At the end it prints "bench-sent: N", the number of requests written (wrk
@@ -16,6 +23,7 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 
 local threads = {}
 local next_id = 0
+local http10 = false
 
 function setup(thread)
    next_id = next_id + 1
@@ -26,11 +34,25 @@ end
 
 function init(args)
    sent = 0
+   for i = 1, #args do
+      local arg = args[i]
+      if arg == "http1.0" then
+         http10 = true
+      elseif arg:sub(1, 6) == "basic=" then
+         wrk.headers["Authorization"] = "Basic " .. arg:sub(7)
+      else
+         error("post.lua: unknown argument " .. arg)
+      end
+   end
 end
 
 function request()
    sent = sent + 1
-   return wrk.format(nil, nil, nil, string.format("%03d:%060d", id, sent))
+   local r = wrk.format(nil, nil, nil, string.format("%03d:%060d", id, sent))
+   if http10 then
+      r = (r:gsub(" HTTP/1%.1\r\n", " HTTP/1.0\r\n", 1))
+   end
+   return r
 end
 
 function done(summary, latency, requests)

@@ -1,6 +1,7 @@
 """
-The child processes of a benchmark: Mosquitto, the gateway, the baseline server
-and a subscriber, each on 127.0.0.1 and a free port, with its output in a log file.
+The child processes of a benchmark: Mosquitto (anonymous, or with a password
+file), the gateway, the baseline server and a subscriber, each on 127.0.0.1 and a
+free port, with its output in a log file.
 
 Every child is a L{Child}: a context manager whose exit stops it (SIGTERM, then
 SIGKILL after a bound), so an C{ExitStack} stops them all, in reverse order, on
@@ -229,6 +230,17 @@ class Child:
                 )
             time.sleep(_POLL_INTERVAL)
 
+    def wait(self, timeout: float) -> int | None:
+        """
+        Wait up to C{timeout} seconds for the process to exit by itself.
+
+        @return: its exit status, or C{None} when it is still running.
+        """
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self) -> int:
         """
         Stop the process: SIGTERM, and SIGKILL after L{stop_timeout} seconds.
@@ -291,10 +303,18 @@ class Server(Child):
         )
 
 
-def post(host: str, port: int, path: str, body: bytes, timeout: float = 2.0) -> int:
+def post(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    timeout: float = 2.0,
+    headers: dict[str, str] | None = None,
+) -> int:
     """
-    Send one C{POST} and return the response status, or 0 when the request failed
-    at the connection level.
+    Send one C{POST} (with C{headers} besides the content type) and return the
+    response status, or 0 when the request failed at the connection level.
     """
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -302,7 +322,7 @@ def post(host: str, port: int, path: str, body: bytes, timeout: float = 2.0) -> 
             "POST",
             path,
             body,
-            {"Content-Type": "application/octet-stream"},
+            {"Content-Type": "application/octet-stream", **(headers or {})},
         )
         response = connection.getresponse()
         response.read()
@@ -317,6 +337,8 @@ class HTTPServer(Server):
     """A server child that is ready once a C{POST} to C{probe_path} gets 200."""
 
     probe_path = "/"
+    #: Headers of the probe (credentials).
+    probe_headers: dict[str, str] | None = None
 
     def wait_ready(self, timeout: float) -> None:
         """
@@ -327,7 +349,16 @@ class HTTPServer(Server):
         deadline = time.monotonic() + timeout
         self.wait_for_port(timeout)
         self.wait_until(
-            lambda: post(self.host, self.port, self.probe_path, b"ready") == 200,
+            lambda: (
+                post(
+                    self.host,
+                    self.port,
+                    self.probe_path,
+                    b"ready",
+                    headers=self.probe_headers,
+                )
+                == 200
+            ),
             max(deadline - time.monotonic(), 0.1),
             f"200 to POST {self.probe_path}",
         )
@@ -340,7 +371,7 @@ listener {port} {host}
 # user "mosquitto" by default, and a change of user makes the kernel forget that
 # the process is to be killed when the benchmark dies.
 user {user}
-allow_anonymous true
+{auth}
 persistence false
 # Never drop QoS 1 messages queued for a slow subscriber: the benchmark counts
 # them. (Mosquitto's default, 1000, would drop them silently under load.)
@@ -352,11 +383,28 @@ log_type notice
 log_type information
 """
 
+#: Mosquitto's authentication in L{MOSQUITTO_CONFIG}: anyone may connect.
+MOSQUITTO_ANONYMOUS = "allow_anonymous true"
 
-def start_mosquitto(directory: Path, attempts: int = 3) -> Server:
+#: Mosquitto's authentication with a password file (C{{path}}). Connection
+#: messages are off: in broker mode every HTTP/1.0 request is an MQTT connection,
+#: and the benchmark measures the gateway, not Mosquitto writing its log.
+MOSQUITTO_PASSWORDS = """\
+allow_anonymous false
+password_file {path}
+connection_messages false"""
+
+
+def start_mosquitto(
+    directory: Path,
+    attempts: int = 3,
+    name: str = "mosquitto",
+    password_file: Path | None = None,
+) -> Server:
     """
     Start Mosquitto on a free port of 127.0.0.1 with a generated configuration in
-    C{directory} (anonymous, no persistence, unbounded subscriber queues).
+    C{directory} (no persistence, unbounded subscriber queues; anonymous, or
+    only the users of C{password_file}), its files named after C{name}.
 
     Mosquitto cannot bind port 0, so a free port is picked first; when another
     process takes it meanwhile, a new one is tried, C{attempts} times.
@@ -366,13 +414,20 @@ def start_mosquitto(directory: Path, attempts: int = 3) -> Server:
     executable = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     for attempt in range(1, attempts + 1):
         port = free_port()
-        config = directory / "mosquitto.conf"
+        config = directory / f"{name}.conf"
         user = pwd.getpwuid(os.geteuid()).pw_name
-        config.write_text(MOSQUITTO_CONFIG.format(host=HOST, port=port, user=user))
+        auth = (
+            MOSQUITTO_ANONYMOUS
+            if password_file is None
+            else MOSQUITTO_PASSWORDS.format(path=password_file)
+        )
+        config.write_text(
+            MOSQUITTO_CONFIG.format(host=HOST, port=port, user=user, auth=auth)
+        )
         broker = Server(
-            "mosquitto",
+            name,
             [executable, "-c", str(config)],
-            directory / "mosquitto.log",
+            directory / f"{name}.log",
             port,
         )
         try:
@@ -384,21 +439,6 @@ def start_mosquitto(directory: Path, attempts: int = 3) -> Server:
             continue
         return broker
     raise AssertionError("unreachable")
-
-
-GATEWAY_CONFIG = """\
-# Generated by python -m bench; --broker and --listen come from the command line.
-[mqtt]
-client_id = "bench-gateway"
-
-[limits]
-# Rate limiting off: the benchmark measures the gateway, not its limiter.
-rate = 0
-
-[log]
-# No access log: one JSON line per request would be measured as well.
-access = ""
-"""
 
 
 def twistd_command() -> list[str]:
@@ -428,27 +468,74 @@ def gateway_command(config: Path, broker_port: int, port: int) -> list[str]:
     ]
 
 
-def start_gateway(directory: Path, broker_port: int, timeout: float = 20.0) -> Server:
+class Gateway(HTTPServer):
     """
-    Start the gateway (twistd in the foreground) with a generated configuration in
-    C{directory}, publishing to the broker on C{broker_port}; return once it
-    answered a QoS 1 publish with 200 (so its broker session is up).
+    The gateway: twistd in the foreground.
 
-    @raise StartError: when it is not ready within C{timeout} seconds.
+    @ivar config_path: its configuration file.
+    @ivar tls_port: the port of its HTTPS listener, if it has one.
     """
-    config = directory / "gateway.toml"
-    config.write_text(GATEWAY_CONFIG)
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        port: int,
+        *,
+        config_path: Path,
+        tls_port: int | None,
+        cwd: Path | None = None,
+    ) -> None:
+        super().__init__(name, argv, log_path, port, cwd)
+        self.config_path = config_path
+        self.tls_port = tls_port
+
+
+def start_gateway(
+    directory: Path,
+    broker_port: int,
+    config: str,
+    *,
+    name: str = "gateway",
+    tls_port: int | None = None,
+    probe_headers: dict[str, str] | None = None,
+    timeout: float = 20.0,
+) -> Gateway:
+    """
+    Start the gateway (twistd in the foreground) with the configuration C{config},
+    written to C{directory/NAME.toml}, publishing to the broker on C{broker_port}
+    and serving plain HTTP on a free port; return once it answered a QoS 1 publish
+    (with C{probe_headers}) with 200, so its broker session is up, and once its
+    HTTPS listener on C{tls_port} (which C{config} must name) accepts.
+
+    @raise StartError: when it is not ready within C{timeout} seconds; the
+        message ends with the end of its log (for instance the one line naming a
+        configuration key it refuses).
+    """
+    config_path = directory / f"{name}.toml"
+    config_path.write_text(config)
     port = free_port()
-    gateway = HTTPServer(
-        "gateway",
-        gateway_command(config, broker_port, port),
-        directory / "gateway.log",
+    gateway = Gateway(
+        name,
+        gateway_command(config_path, broker_port, port),
+        directory / f"{name}.log",
         port,
+        config_path=config_path,
+        tls_port=tls_port,
         cwd=directory,
     )
     gateway.probe_path = f"/topics/{WARMUP_TOPIC}?qos=1"
+    gateway.probe_headers = probe_headers
+    deadline = time.monotonic() + timeout
     try:
         gateway.wait_ready(timeout)
+        if tls_port is not None:
+            gateway.wait_until(
+                lambda: accepts(HOST, tls_port),
+                max(deadline - time.monotonic(), 0.1),
+                f"HTTPS listener {HOST}:{tls_port}",
+            )
     except BaseException:
         gateway.stop()
         raise
@@ -509,8 +596,18 @@ class Subscriber(Child):
     the count.
     """
 
-    def __init__(self, directory: Path, broker_port: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        broker_port: int,
+        credentials: tuple[str, str] | None = None,
+        log_name: str = "subscriber.out",
+    ) -> None:
         self.broker_port = broker_port
+        # mosquitto_sub and mosquitto_pub: -u USER -P PASSWORD, or nothing.
+        self.auth_args = (
+            [] if credentials is None else ["-u", credentials[0], "-P", credentials[1]]
+        )
         super().__init__(
             "subscriber",
             [
@@ -519,6 +616,7 @@ class Subscriber(Child):
                 HOST,
                 "-p",
                 str(broker_port),
+                *self.auth_args,
                 "-i",
                 "bench-subscriber",
                 "-q",
@@ -529,7 +627,7 @@ class Subscriber(Child):
                 "-t",
                 READY_TOPIC,
             ],
-            directory / "subscriber.out",
+            directory / log_name,
         )
         self._prefix = f"{LOAD_TOPIC} ".encode()
 
@@ -557,6 +655,7 @@ class Subscriber(Child):
             if time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + 0.5
                 argv = [publisher, "-h", HOST, "-p", str(self.broker_port)]
+                argv += self.auth_args
                 argv += ["-q", "1", "-t", READY_TOPIC, "-m", "ready"]
                 subprocess.run(
                     argv,

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.scenario import (
-    BASELINE,
-    BASELINE_NO_FORMS,
+    BASELINES,
     BUSY_PERCENT,
-    GATEWAY,
+    REFERENCE,
+    SCENARIOS,
     Results,
     ServerRun,
 )
@@ -28,23 +28,30 @@ HEADER = """\
 
 Written by `python -m bench` (`./dev bench`, which first installs mosquitto, wrk
 and curl); every run overwrites this file with its own results. To reproduce, on a
-machine with nothing else busy:
+machine with nothing else busy, from the repository's root:
 
 ```sh
-./dev bench                                   # 10 s per server, 32 connections
+./dev bench                                   # every scenario, 10 s each
 .venv/bin/python -m bench --duration 30       # longer runs
 .venv/bin/python -m bench --quick             # a 3 s smoke run
+.venv/bin/python -m bench --scenarios http,https-cert,micro   # some of them
 ```
 
-The scenario: wrk keeps 32 HTTP/1.1 connections alive and POSTs a distinct
-64-byte body per request to `/topics/bench/load?qos=1`, one server at a time, each
-for the same duration after a short warm-up. The servers: the gateway (twistd, its
-own broker session to a local Mosquitto 2.0, access log and rate limiting off, so a
-`200` means Mosquitto's PUBACK arrived) and two baselines, a bare twisted.web
-resource answering `200` to every POST, once as `Site(root)` with twisted.web's
-defaults and once with `parsePOSTFormSubmission=False`. During the gateway's run
-`mosquitto_sub` subscribes to the topic at QoS 1 and the benchmark checks that
-every `2xx` response was delivered exactly as sent.
+Every scenario POSTs a distinct 64-byte body per request to
+`/topics/bench/load?qos=1` from 32 connections (one request in flight on each),
+one server at a time, each for the same duration after a short warm-up. The
+servers: the gateway (twistd, its own broker session to a local Mosquitto 2.0,
+access log and rate limiting off, so a `200` means Mosquitto's PUBACK arrived) in
+several set-ups, and two baselines, a bare twisted.web resource answering `200` to
+every POST. The client is wrk, or, where wrk cannot do it (client certificates,
+TLS handshakes with and without resumption), the benchmark's own python client
+(`bench/loadgen.py`: several processes, one thread and one blocking socket per
+connection), whose CPU is measured so that one can see whether it was the
+bottleneck. During every gateway run `mosquitto_sub` subscribes to the topic at
+QoS 1 and the benchmark checks that every `2xx` response was delivered exactly as
+sent. The credentials: a `mosquitto_passwd -b` password file with one user, and
+the test suite's certificate hierarchy (`tests/certs.py`: root CA, intermediate,
+server certificate for 127.0.0.1, device certificate `device-42`; EC P-256).
 """
 
 
@@ -58,6 +65,7 @@ class Machine:
     cpus: int
     python: str
     twisted: str
+    openssl: str
     mosquitto: str
     wrk: str
     revision: str
@@ -97,6 +105,19 @@ def _revision() -> str:
     return revision if not revision.startswith("fatal") else "unknown"
 
 
+def _openssl() -> str:
+    """The OpenSSL of python's C{ssl} and of pyOpenSSL (the gateway's)."""
+    import ssl
+
+    try:
+        from OpenSSL import SSL
+
+        ours = SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()
+    except Exception:
+        ours = "unknown"
+    return f"pyOpenSSL's {ours} (python ssl: {ssl.OPENSSL_VERSION})"
+
+
 def machine() -> Machine:
     """Describe this machine and the software under test."""
     import twisted
@@ -109,6 +130,7 @@ def machine() -> Machine:
         cpus=len(os.sched_getaffinity(0)),
         python=f"{platform.python_implementation()} {platform.python_version()}",
         twisted=twisted.__version__,
+        openssl=_openssl(),
         mosquitto=_first_line(["mosquitto", "-h"]),
         wrk=_first_line(["wrk", "-v"]).split(" Copyright")[0],
         revision=_revision(),
@@ -139,144 +161,322 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _ratio(run: ServerRun, other: ServerRun | None) -> str:
+    if other is None or other.load.requests_per_s == 0:
+        return "-"
+    return f"{run.load.requests_per_s / other.load.requests_per_s:.2f}"
+
+
+def _errors(run: ServerRun) -> str:
+    if run.load.total_socket_errors == 0:
+        return "0"
+    return ", ".join(f"{k} {v:,}" for k, v in run.load.socket_errors.items() if v)
+
+
+def delivery_verdict(run: ServerRun) -> str:
+    """C{"all"}, or what went wrong with the deliveries, for the main table."""
+    delivery = run.delivery
+    if delivery is None:
+        return "-"
+    sent = run.load.sent
+    if delivery.distinct < run.load.ok:
+        return f"**LOST {run.load.ok - delivery.distinct:,}**"
+    if sent is not None and delivery.distinct > sent:
+        return f"**{delivery.distinct - sent:,} unexpected**"
+    if delivery.duplicates:
+        return f"all ({delivery.duplicates:,} twice)"
+    return "all"
+
+
 def results_table(results: Results) -> list[str]:
-    """The main table: one row per server."""
+    """The main table: one row per scenario, skipped ones included."""
+    reference = results.run_for(REFERENCE)
+    site, site_noforms = (results.run_for(key) for key in BASELINES)
+    skipped = {s.scenario.key: s for s in results.skipped}
     rows = []
-    for run in results.runs:
-        errors = run.wrk.total_socket_errors
+    for which in SCENARIOS:
+        run = results.run_for(which.key)
+        if run is None:
+            if which.key in skipped:
+                rows.append(
+                    [f"`{which.key}`", which.title, "skipped (see below)"] + [""] * 12
+                )
+            continue
         rows.append(
             [
-                run.name,
-                f"{run.wrk.requests_per_s:,.0f}",
-                _ms(run.wrk.latency_ms[50]),
-                _ms(run.wrk.latency_ms[99]),
-                _count(run.wrk.requests),
-                _count(run.wrk.non_2xx),
-                "0"
-                if errors == 0
-                else ", ".join(f"{k} {v}" for k, v in run.wrk.socket_errors.items()),
-                _mib(run.peak_rss_kib),
+                f"`{which.key}`",
+                which.title,
+                which.client,
+                f"{run.load.requests_per_s:,.0f}"
+                + (" ¹" if results.noisy(run) else ""),
+                _ratio(run, reference),
+                _ratio(run, site),
+                _ratio(run, site_noforms),
+                _ms(run.load.latency_ms[50]),
+                _ms(run.load.latency_ms[99]),
+                _count(run.load.requests),
+                _count(run.load.non_2xx),
+                _errors(run),
+                delivery_verdict(run),
                 f"{run.cpu_percent.get('server', 0.0):.0f}%",
+                f"{run.cpu_percent.get('client', 0.0):.0f}%",
             ]
         )
     return _table(
         [
-            "server",
+            "key",
+            "scenario",
+            "client",
             "req/s",
+            "÷ http",
+            "÷ Site(root)",
+            "÷ Site(no forms)",
             "p50",
             "p99",
             "responses",
             "non-2xx",
             "socket errors",
-            "peak RSS",
+            "delivered",
             "server CPU",
+            "client CPU",
         ],
         rows,
     )
 
 
-def ratios(results: Results) -> list[str]:
-    """Lines giving the gateway's throughput as a fraction of each baseline's."""
-    gateway = results.run_named(GATEWAY)
-    lines = []
-    for name in (BASELINE, BASELINE_NO_FORMS):
-        baseline = results.run_named(name)
-        if gateway is None or baseline is None or baseline.wrk.requests_per_s == 0:
+def delivery_table(results: Results) -> tuple[list[str], list[str]]:
+    """
+    The delivery table of the gateway runs and the remarks below it.
+
+    The client stops with up to one request per connection in flight (wrk:
+    written, maybe published, never answered). So the check is: every 2xx was
+    delivered (distinct payloads >= 2xx) and nothing was delivered that was not
+    sent (distinct payloads <= requests written).
+    """
+    rows = []
+    remarks = []
+    for run in results.runs:
+        delivery = run.delivery
+        if delivery is None:
             continue
-        ratio = gateway.wrk.requests_per_s / baseline.wrk.requests_per_s
-        lines.append(f"- gateway / {name}: **{ratio:.2f}** (req/s)")
-    return lines
-
-
-def delivery_check(run: ServerRun) -> tuple[list[str], list[str]]:
-    """
-    The delivery table of the gateway's run and the verdict lines below it.
-
-    wrk stops with up to one request per connection in flight: written, maybe
-    published, never answered. So the check is: every 2xx was delivered
-    (distinct payloads >= 2xx) and nothing was delivered that was not sent
-    (distinct payloads <= requests written).
-    """
-    delivery = run.delivery
-    if delivery is None:
-        return [], []
-    sent = run.wrk.sent
-    ok = run.wrk.ok
-    table = _table(
-        [
-            "requests written",
-            "responses",
-            "2xx",
-            "unanswered when wrk stopped",
-            "messages delivered",
-            "distinct",
-            "duplicates",
-        ],
-        [
+        sent = run.load.sent
+        ok = run.load.ok
+        rows.append(
             [
+                f"`{run.scenario.key}`",
                 _count(sent),
-                _count(run.wrk.requests),
+                _count(run.load.requests),
                 _count(ok),
-                _count(run.wrk.in_flight),
+                _count(run.load.in_flight),
                 _count(delivery.messages),
                 _count(delivery.distinct),
                 _count(delivery.duplicates),
+                delivery_verdict(run),
             ]
+        )
+        key = f"`{run.scenario.key}`"
+        if delivery.distinct < ok:
+            remarks.append(
+                f"- {key}: **LOST MESSAGES**: {ok - delivery.distinct:,} more 2xx "
+                "responses than distinct messages delivered."
+            )
+        elif sent is not None and delivery.distinct > sent:
+            remarks.append(
+                f"- {key}: **UNEXPECTED**: {delivery.distinct - sent:,} more "
+                "distinct messages delivered than requests written."
+            )
+        elif sent is not None and delivery.distinct < sent:
+            remarks.append(
+                f"- {key}: {sent - delivery.distinct:,} of the requests written "
+                "were not delivered; they are among the "
+                f"{sent - run.load.requests:,} never answered (in flight when the "
+                "client stopped, or failed), so not necessarily lost."
+            )
+        if delivery.duplicates:
+            remarks.append(
+                f"- {key}: {delivery.duplicates:,} messages arrived twice (QoS 1 "
+                "allows it after a resend; with steady broker connections there "
+                "should be none)."
+            )
+        if run.load.non_2xx:
+            remarks.append(
+                f"- {key}: **{run.load.non_2xx:,} non-2xx responses**: the gateway "
+                "refused or failed requests under load"
+                + (
+                    " (wrk does not say which status)."
+                    if run.python is None
+                    else f" (statuses: {_statuses(run)})."
+                )
+            )
+    table = _table(
+        [
+            "key",
+            "requests written",
+            "responses",
+            "2xx",
+            "unanswered when the client stopped",
+            "messages delivered",
+            "distinct",
+            "duplicates",
+            "verdict",
         ],
+        rows,
     )
-    verdict = []
-    if delivery.distinct < ok:
-        verdict.append(
-            f"- **LOST MESSAGES**: {ok - delivery.distinct:,} more 2xx responses than "
-            "distinct messages delivered."
+    if rows and not remarks:
+        remarks.append(
+            "- Every 2xx response was delivered exactly once, and every further "
+            "message delivered was a request written but not answered when the "
+            "client stopped (published, its response never read)."
         )
-    elif sent is not None and delivery.distinct > sent:
-        verdict.append(
-            f"- **UNEXPECTED**: {delivery.distinct - sent:,} more distinct messages "
-            "delivered than requests written."
-        )
-    else:
-        extra = delivery.distinct - ok
-        everything = " exactly once" if delivery.duplicates == 0 else ""
-        verdict.append(
-            f"- Every 2xx response was delivered{everything} ({ok:,} messages); the "
-            f"{extra:,} further messages delivered are requests that were in flight "
-            "when wrk stopped: written and published, their responses never read."
-        )
-        if sent is not None and delivery.distinct == sent:
-            verdict.append(
-                f"- So all {sent:,} requests wrk wrote were delivered, none lost."
-            )
-        elif sent is not None:
-            verdict.append(
-                f"- {sent - delivery.distinct:,} of the requests in flight when wrk "
-                "stopped were not delivered (not necessarily a loss: wrk may have "
-                "stopped before the gateway read them)."
-            )
-    if delivery.duplicates:
-        verdict.append(
-            f"- {delivery.duplicates:,} messages arrived twice (QoS 1 allows it after "
-            "a resend; with one steady broker connection there should be none)."
-        )
-    if run.wrk.non_2xx:
-        verdict.append(
-            f"- **{run.wrk.non_2xx:,} non-2xx responses**: the gateway refused or "
-            "failed requests under load (wrk does not say which status)."
-        )
-    return table, verdict
+    return table, remarks
+
+
+def _statuses(run: ServerRun) -> str:
+    if run.python is None:
+        return "?"
+    return ", ".join(f"{k}: {v:,}" for k, v in sorted(run.python.statuses.items()))
 
 
 def cpu_table(results: Results) -> list[str]:
     """Who used the CPU during each measured run, in percent of one core."""
-    names = ["wrk", "server", "mosquitto", "subscriber", "others"]
+    names = ["client", "server", "mosquitto", "subscriber", "others"]
     rows = []
     for run in results.runs:
         cells = [
             f"{run.cpu_percent[n]:.0f}%" if n in run.cpu_percent else "-" for n in names
         ]
         total = sum(run.cpu_percent.values())
-        rows.append([run.name, *cells, f"{total:.0f}%"])
-    return _table(["server", *names, "machine total"], rows)
+        server_s = run.cpu_percent.get("server", 0.0) / 100 * run.wall_s
+        per_response = (
+            f"{1e6 * server_s / run.load.requests:.0f} µs" if run.load.requests else "-"
+        )
+        rows.append(
+            [
+                f"`{run.scenario.key}`",
+                *cells,
+                f"{total:.0f}%",
+                per_response,
+                _mib(run.peak_rss_kib),
+            ]
+        )
+    return _table(
+        [
+            "key",
+            *names,
+            "machine total",
+            "server CPU per response",
+            "server peak RSS",
+        ],
+        rows,
+    )
+
+
+def bottleneck_note(run: ServerRun, cpus: int) -> str | None:
+    """
+    When the server did not use a whole core: who else was busy, and whether the
+    latency looks like a Nagle / delayed-ACK stall rather than work.
+    """
+    server = run.cpu_percent.get("server", 0.0)
+    if server >= 90 or not run.load.requests:
+        return None
+    client = run.cpu_percent.get("client", 0.0)
+    others = run.cpu_percent.get("others", 0.0)
+    total = sum(run.cpu_percent.values())
+    note = (
+        f"The server used {server:.0f}% of a core, the client {client:.0f}%, the "
+        f"machine {total:.0f}% of {cpus * 100}%: "
+    )
+    saturated = total >= 85 * cpus
+    if saturated:
+        note += f"the machine was nearly saturated (other processes: {others:.0f}%)."
+    elif client >= 80:
+        note += "the client may have limited the load."
+    else:
+        note += "neither the server nor the client was CPU-bound."
+    p50 = run.load.latency_ms[50]
+    if not saturated and client < 80 and 38 <= p50 <= 60:
+        note += (
+            f" A p50 of {p50:.0f} ms, just above Linux's minimum delayed-ACK "
+            "time (40 ms), with idle CPU, is the signature of a response held back "
+            "by Nagle's algorithm until the client acknowledges an earlier segment."
+        )
+    return note
+
+
+def scenario_paragraphs(results: Results, cpus: int) -> list[str]:
+    """A short paragraph per scenario: exactly what was measured, and its facts."""
+    settings = results.settings
+    skipped = {s.scenario.key: s for s in results.skipped}
+    out = []
+    for which in SCENARIOS:
+        run = results.run_for(which.key)
+        if run is None and which.key not in skipped:
+            continue
+        what = which.what.replace("{connections}", str(settings.connections))
+        out.append(f"- **`{which.key}`** ({which.title}). {what}")
+        if run is not None:
+            notes = list(run.notes)
+            bottleneck = bottleneck_note(run, cpus)
+            if bottleneck is not None:
+                notes.append(bottleneck)
+            for note in notes:
+                out.append(f"  {note}")
+        else:
+            out.append(f"  **Skipped**: {skipped[which.key].reason}")
+        out.append("")
+    return out
+
+
+def micro_section(results: Results) -> list[str]:
+    """The micro-measurements, with the gateway's CPU per request beside them."""
+    if not results.micro:
+        return []
+    rows = []
+    for timing in results.micro:
+        if timing.us_per_call is None:
+            rows.append([timing.name, "failed", "-", f"{timing.what} ({timing.error})"])
+            continue
+        rows.append(
+            [
+                timing.name,
+                f"{timing.us_per_call:.1f} µs",
+                f"{1e6 / timing.us_per_call:,.0f}",
+                timing.what,
+            ]
+        )
+    out = [
+        "### Password verification and the request path (no server)",
+        "",
+        "In the benchmark's own process, nothing else running: each figure is the "
+        "median of 7 loops of about 0.2 s. The password file is the scenarios' "
+        f"(`{results.password_hash}...`).",
+        "",
+        *_table(["call", "per call", "calls/s on one core", "what"], rows),
+        "",
+    ]
+    basic = results.run_for("http-basic")
+    timings = {t.name: t.us_per_call for t in results.micro}
+    cached = timings.get("request path, Basic, cached")
+    cold = timings.get("PasswordFile.verify, cold")
+    if basic is not None and basic.load.requests and cached and cold:
+        server_us = (
+            1e6
+            * basic.cpu_percent.get("server", 0.0)
+            / 100
+            * basic.wall_s
+            / basic.load.requests
+        )
+        out += [
+            f"For scale: in `http-basic` the gateway used {server_us:.0f} µs of CPU "
+            f"per response. The authenticate + authorize + parse path with a cached "
+            f"password is {cached:.0f} µs of that ({100 * cached / server_us:.0f}%); "
+            f"one cold PBKDF2 check ({cold:.0f} µs) would be "
+            f"{100 * cold / server_us:.0f}% if it were paid on every request, which "
+            "the verification cache prevents (it is paid once per user and "
+            "password, and on every failed attempt).",
+            "",
+        ]
+    return out
 
 
 def _findings(title: str, found: Sequence[tuple[int, str]]) -> list[str]:
@@ -290,10 +490,25 @@ def _findings(title: str, found: Sequence[tuple[int, str]]) -> list[str]:
     return [*lines, "  ```"]
 
 
+def _how(run: ServerRun) -> list[str]:
+    out = [
+        "<details>",
+        f"<summary><code>{run.scenario.key}</code>: command lines"
+        + (" and gateway.toml" if run.config else "")
+        + "</summary>",
+        "",
+        "```sh",
+        *(shlex.join(command) for command in run.commands),
+        "```",
+    ]
+    if run.config:
+        out += ["", "```toml", run.config.rstrip(), "```"]
+    return [*out, "", "</details>", ""]
+
+
 def render(results: Results, machine: Machine, command: Sequence[str]) -> str:
     """The section of one run, in Markdown."""
     settings = results.settings
-    gateway = results.run_named(GATEWAY)
     busy = []
     if results.idle_load > BUSY_PERCENT or any(
         run.cpu_percent.get("others", 0.0) > BUSY_PERCENT for run in results.runs
@@ -310,76 +525,98 @@ def render(results: Results, machine: Machine, command: Sequence[str]) -> str:
         "",
         f"- Machine: {machine.system}; {machine.cpu}; {machine.cpus} CPUs (nproc)",
         f"- Software: {machine.python}, Twisted {machine.twisted}, "
-        f"{machine.mosquitto}, {machine.wrk}; repository at {machine.revision}",
+        f"{machine.openssl}, {machine.mosquitto}, {machine.wrk}; repository at "
+        f"{machine.revision}",
         f"- Command: `{shlex.join(command)}`",
-        f"- Load: wrk -t{settings.threads} -c{settings.connections}, "
-        f"{settings.duration:g} s measured per server after {settings.warmup:g} s of "
-        "warm-up; a distinct 64-byte body per request "
+        f"- Load: {settings.connections} connections (wrk -t{settings.threads}, or "
+        f"the python client in {settings.processes} processes), "
+        f"{settings.duration:g} s measured per scenario after {settings.warmup:g} s "
+        "of warm-up; a distinct 64-byte body per request "
         "(`Content-Type: application/octet-stream`); QoS 1",
         "",
-        *results_table(results),
-        "",
-        *ratios(results),
-        "",
-        "p50/p99: wrk's latency distribution (`--latency`); responses: all responses "
-        "received; non-2xx: wrk's count of statuses above 399; peak RSS: `VmHWM` of "
-        "the server process at the end of its run.",
-        "",
     ]
-    if gateway is not None and gateway.delivery is not None:
-        table, verdict = delivery_check(gateway)
+    if results.runs or results.skipped:
         out += [
-            "### Delivery (gateway run, mosquitto_sub at QoS 1)",
+            *results_table(results),
+            "",
+            "req/s: responses per second of the measured window; `÷ http` etc.: "
+            "req/s as a fraction of the `http` scenario's (the gateway, anonymous, "
+            "plain HTTP keep-alive) and of the two baselines'. p50/p99: latency "
+            "from writing a request to reading its response (wrk's `--latency`; the "
+            "python client measures the same), never including connecting or TLS "
+            "handshakes. non-2xx: wrk counts statuses above 399, the python client "
+            "every status outside 200-299. delivered: the subscriber's check (below). "
+            "server/client CPU: percent of one core during the window.",
+            "",
+        ]
+        if any(results.noisy(run) for run in results.runs):
+            out += [
+                f"¹ Other processes used more than {BUSY_PERCENT:.0f}% of a CPU "
+                "during this run (`others` in the CPU table): its req/s is low, its "
+                "server CPU per response still holds.",
+                "",
+            ]
+    for skip in results.skipped:
+        out.append(f"- **`{skip.scenario.key}` skipped**: {skip.reason}")
+    if results.skipped:
+        out.append("")
+    if results.runs or results.skipped:
+        out += [
+            "### What each scenario measured",
+            "",
+            *scenario_paragraphs(results, machine.cpus),
+        ]
+    table, remarks = delivery_table(results)
+    if remarks:
+        out += [
+            "### Delivery (gateway runs, mosquitto_sub at QoS 1)",
             "",
             *table,
             "",
-            *verdict,
+            *remarks,
             "",
         ]
-    out += [
-        "### CPU during the measured runs (percent of one core)",
-        "",
-        *cpu_table(results),
-        "",
-        f"The machine has {machine.cpus} CPUs ({machine.cpus * 100}%), shared by wrk "
-        f"({settings.threads} thread), the server, Mosquitto and (in the gateway run) "
-        "the subscriber: the server competes with its own load generator and broker. "
-        "A Python server uses at most one core (100%). `others` is the rest of the "
-        "machine's busy time (other processes, this benchmark's polling).",
-        "",
-        *busy,
-        "### Logs",
-        "",
-    ]
-    for run in results.runs:
-        stop = (
-            f"exited with status {run.exit_code} {run.stop_s:.2f} s after SIGTERM"
-            if run.stop_s is not None
-            else "not stopped"
-        )
-        if run.killed:
-            stop += " (killed: it did not exit by itself)"
-        out += _findings(f"{run.name} ({stop})", run.log_findings)
-    out += _findings("mosquitto", results.broker_findings)
-    if gateway is not None:
+    if results.runs:
         out += [
+            "### CPU during the measured runs (percent of one core)",
             "",
-            "### How the gateway ran",
+            *cpu_table(results),
             "",
-            "```sh",
-            shlex.join(results.gateway_command),
-            shlex.join(results.wrk_command),
-            "```",
+            f"The machine has {machine.cpus} CPUs ({machine.cpus * 100}%), shared by "
+            "the client, the server, Mosquitto and (in gateway runs) the "
+            "subscriber: the server competes with its own load generator and "
+            "broker. A Python server uses at most one core (100%). The python "
+            "client's CPU is what its processes measured over the window; wrk's is "
+            "its whole run. `others` is the rest of the machine's busy time (other "
+            "processes, this benchmark's polling). Server CPU per response: the "
+            "server's CPU time in the window divided by the responses.",
             "",
-            "`gateway.toml`:",
-            "",
-            "```toml",
-            results.gateway_config.rstrip(),
-            "```",
+            *busy,
         ]
+    out += micro_section(results)
+    if results.runs:
+        out += ["### Logs", ""]
+        for run in results.runs:
+            stop = (
+                f"exited with status {run.exit_code} {run.stop_s:.2f} s after SIGTERM"
+                if run.stop_s is not None
+                else "not stopped"
+            )
+            if run.killed:
+                stop += " (killed: it did not exit by itself)"
+            out += _findings(f"`{run.scenario.key}` ({stop})", run.log_findings)
+            if run.scenario.mode == "broker":
+                out += _findings(
+                    f"`{run.scenario.key}`: its Mosquitto with the password file",
+                    run.broker_findings,
+                )
+        out += _findings("mosquitto", results.broker_findings)
+        out += ["", "### How each scenario ran", ""]
+        for run in results.runs:
+            out += _how(run)
     if results.log_directory:
         out += ["", f"Logs and configuration files: `{results.log_directory}`"]
-    return "\n".join(out) + "\n"
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def write(path: Path, section: str) -> None:

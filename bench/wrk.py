@@ -1,6 +1,6 @@
 """
-Running wrk with C{bench/post.lua} (a distinct 64-byte POST body per request) and
-reading its report.
+Running wrk with C{bench/post.lua} (a distinct 64-byte POST body per request,
+optionally with Basic credentials and as HTTP/1.0) and reading its report.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import contextlib
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +130,17 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def command(url: str, duration: float, connections: int, threads: int) -> list[str]:
-    """The wrk command line for one run of C{post.lua} against C{url}."""
+def command(
+    url: str,
+    duration: float,
+    connections: int,
+    threads: int,
+    script_args: Sequence[str] = (),
+) -> list[str]:
+    """
+    The wrk command line for one run of C{post.lua} against C{url}, with the
+    script's C{script_args} (C{basic=BASE64}, C{http1.0}).
+    """
     return [
         shutil.which("wrk") or "wrk",
         f"-t{threads}",
@@ -141,17 +151,24 @@ def command(url: str, duration: float, connections: int, threads: int) -> list[s
         "-s",
         str(SCRIPT),
         url,
+        *(["--", *script_args] if script_args else []),
     ]
 
 
-def run(url: str, duration: float, connections: int, threads: int = 1) -> WrkResult:
+def run(
+    url: str,
+    duration: float,
+    connections: int,
+    threads: int = 1,
+    script_args: Sequence[str] = (),
+) -> WrkResult:
     """
     Run wrk against C{url} for C{duration} seconds (whole seconds, at least 1)
     and read its report. wrk is killed if it has not finished 30 s after that.
 
     @raise WrkError: when wrk fails or its report cannot be read.
     """
-    argv = command(url, duration, connections, threads)
+    argv = command(url, duration, connections, threads, script_args)
     process = spawn(argv, stdout=subprocess.PIPE)
     try:
         stdout, _ = process.communicate(timeout=duration + 30)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_core -*-
 """
 The one path every message takes, whichever HTTP API it came in by:
-authenticate, authorize, publish.
+authenticate, authorize, rate-limit, publish.
 
 Nothing here knows HTTP: the API adapters hand over a L{Claim} and a L{Message} and
 get back a L{PublishResult} or a L{GatewayError}.
@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.auth.identify import Authenticator, Claim
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
+from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
 
 
@@ -33,6 +34,8 @@ class Gateway:
 
     @ivar authenticator: who the sender is.
     @ivar acl: where the sender may publish (swappable), or C{None} for anywhere.
+    @ivar limiter: the message rate limits (swappable, e.g. on C{SIGHUP}), or
+        C{None} for none.
     @ivar publisher: where accepted messages go.
     """
 
@@ -42,10 +45,13 @@ class Gateway:
         authenticator: Authenticator,
         clock: IReactorTime,
         acl: TopicPolicy | None = None,
+        *,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.publisher = publisher
         self.authenticator = authenticator
         self.acl = acl
+        self.limiter = limiter
         self._clock = clock
 
     def identify(self, claim: Claim) -> Identity:
@@ -68,15 +74,28 @@ class Gateway:
                 Code.Forbidden, f"not authorized to publish to {message.topic!r}"
             )
 
+    def limit(self, identity: Identity) -> None:
+        """
+        Count one message of C{identity} against the rate limits.
+
+        @raise GatewayError: 429 C{RateLimited} with C{Retry-After} when over.
+        """
+        limiter = self.limiter
+        if limiter is not None:
+            limiter.check(identity, self._clock.seconds())
+
     def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
         """
-        Authorize C{message} for an identified sender and send it.
+        Authorize C{message} for an identified sender, count it against the rate
+        limits and send it.
 
         @return: fires with the broker's L{PublishResult}, or fails with a
-            L{GatewayError}; nothing reaches the broker when authorization fails.
+            L{GatewayError}; nothing reaches the broker when authorization or the
+            rate limits refuse it (and a refused message uses up no rate).
         """
         try:
             self.authorize(identity, message)
+            self.limit(identity)
             return self.publisher.publish(message, identity)
         except GatewayError as e:
             return fail(e)

@@ -61,9 +61,14 @@ from gateway.config import (
 from gateway.core import Gateway
 from gateway.embedded import EmbeddedBrokerService
 from gateway.interfaces import IPublisher
+from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
+from gateway.systemd import SystemdNotifier
+from gateway.web.admin import AdminRouter
+from gateway.web.aliyun import AliyunAPI, max_target_bytes
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
@@ -84,24 +89,6 @@ class StartupError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"mqtt-http-gateway: {message}")
-
-
-# What this version does not serve yet: refused rather than silently ignored.
-_NOT_AVAILABLE = (
-    ("admin.listen", lambda c: bool(c.admin.listen)),
-    ("aliyun.instance_id", lambda c: c.aliyun.enabled),
-)
-
-
-def check_available(config: Config) -> None:
-    """
-    Refuse settings for features this version does not have.
-
-    @raise ConfigError: naming the key.
-    """
-    for key, used in _NOT_AVAILABLE:
-        if used(config):
-            raise ConfigError(f"{key}: not supported by this version of the gateway")
 
 
 def check_endpoints(config: Config, reactor: Any) -> None:
@@ -238,7 +225,6 @@ class Options(usage.Options):
                 brokers=self["broker"],
                 admin=self["admin"],
             )
-            check_available(config)
             check_endpoints(config, reactor)
             self.brokers = [
                 Broker(address.uri, broker_endpoint(reactor, address, config.mqtt))
@@ -372,6 +358,10 @@ def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher
     )
     session.setName("mqtt-session")
     session.setServiceParent(root)
+    log.info(
+        "Gateway mode: publishing over one broker session to {brokers}",
+        brokers=", ".join(address.uri for address in config.mqtt.brokers),
+    )
     return SharedPublisher(session)
 
 
@@ -401,6 +391,12 @@ def makeService(options: Options) -> IService:
             else "",
         )
     publisher = _publisher(options, root, reactor)
+    metrics = None
+    if config.admin.listen:
+        metrics = GatewayMetrics(reactor)
+        metrics.watch_publisher(publisher)
+        metrics.setServiceParent(root)
+        publisher = MeasuredPublisher(publisher, metrics, reactor)
     authenticator = Authenticator(
         options.passwords,
         allow_anonymous=anonymous,
@@ -410,12 +406,20 @@ def makeService(options: Options) -> IService:
     access_log = AccessLog(config.log.access, reactor) if config.log.access else None
     if access_log is not None:
         reactor.addSystemEventTrigger("after", "shutdown", access_log.close)
+    aliyun = None
+    max_target = _TOPIC_TARGET
+    if config.aliyun.enabled:
+        max_payload = config.http.max_body
+        aliyun = AliyunAPI(core, config.aliyun, reactor, max_payload=max_payload)
+        max_target = max(max_target, max_target_bytes(max_payload))
     factory = HTTPServerFactory(
-        Router(TopicsAPI(core), publisher),
+        Router(TopicsAPI(core), publisher, aliyun),
         max_body=config.http.max_body,
-        max_target_bytes=_TOPIC_TARGET,
+        max_target_bytes=max_target,
         idle_timeout=config.http.idle_timeout,
-        access_log=access_log,
+        access_log=compose(
+            access_log, metrics.observe_response if metrics is not None else None
+        ),
         clock=reactor,
     )
     _ExitCleanlyOnSIGTERM(reactor).setServiceParent(root)
@@ -423,6 +427,7 @@ def makeService(options: Options) -> IService:
         Listener(
             description, serverFromString(reactor, description), factory
         ).setServiceParent(root)
+    tls = None
     if options.tls is not None:
         tls = ReloadableServerTLS(options.tls)
         https = tls_factory(factory, tls, reactor)
@@ -430,4 +435,29 @@ def makeService(options: Options) -> IService:
             Listener(
                 description, serverFromString(reactor, description), https, "HTTPS"
             ).setServiceParent(root)
+    if metrics is not None:
+        metrics.watch_connections(factory)
+        if tls is not None:
+            metrics.watch_tls(tls)
+        admin = HTTPServerFactory(
+            AdminRouter(publisher, metrics), max_body=4096, clock=reactor
+        )
+        Listener(
+            config.admin.listen,
+            serverFromString(reactor, config.admin.listen),
+            admin,
+            "admin",
+        ).setServiceParent(root)
+    reloader = Reloader(
+        config,
+        command_line_loader(options),
+        authenticator=authenticator,
+        gateway=core,
+        tls=tls,
+        apply_limits=None,
+        access_log=access_log,
+    )
+    ReloadOnSIGHUP(reloader.reload, reactor).setServiceParent(root)
+    # Last: READY=1 once everything above has started.
+    SystemdNotifier(publisher, clock=reactor).setServiceParent(root)
     return root

@@ -100,13 +100,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("missing-acl", message)
         self.assertIn("nope.toml", self.refused("--config", "/nonexistent/nope.toml"))
 
-    def test_unsupported_features_refused(self) -> None:
-        """Settings for what this version cannot do are refused, not ignored."""
-        self.assertIn(
-            "admin.listen",
-            self.refused("--config", write('[admin]\nlisten = "tcp:9100"\n')),
-        )
-
 
 class CommandLineTests(TestCase):
     """The real twistd, as an operator runs it."""

@@ -13,7 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IProtocolNegotiationFactory,
+    ISSLTransport,
+)
 from twisted.internet.task import Clock
 from twisted.internet.testing import (
     StringTransport,
@@ -549,6 +553,47 @@ class LimitTests(SynchronousTestCase):
         )
         self.assertRefused(c, 400, Code.BadRequest)
 
+    def test_400_smuggling(self) -> None:
+        """Every framing that two parsers could read differently is refused
+        with 400 and a close: duplicated or listed Content-Length, a
+        Transfer-Encoding not ending in chunked, a space before the colon,
+        obsolete line folding, bare LF line ends."""
+        for head in (
+            b"Content-Length: 3\r\nContent-Length: 4\r\n",
+            b"Content-Length: 3\r\nContent-Length: 3\r\n",
+            b"Content-Length: 3, 3\r\n",
+            b"Content-Length: +3\r\n",
+            b"Transfer-Encoding: chunked, identity\r\n",
+            b"Transfer-Encoding: gzip\r\n",
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+            b"Content-Length : 3\r\n",
+            b"X-A: a\r\n b\r\nContent-Length: 3\r\n",
+        ):
+            c = Connection()
+            c.send(b"POST / HTTP/1.1\r\n" + head + b"\r\n3\r\nabc\r\n0\r\n\r\n")
+            self.assertRefused(c, 400, Code.BadRequest)
+        c = Connection()
+        c.send(b"POST / HTTP/1.1\nContent-Length: 3\n\nabc")
+        self.assertRefused(c, 400, Code.BadRequest)
+
+    def test_431_default_limit(self) -> None:
+        """With the defaults, a header block over 16 KiB is a 431."""
+        c = Connection()
+        headers = b"".join(b"X-H-%03d: %s\r\n" % (n, b"v" * 1000) for n in range(17))
+        c.send(post(headers=headers))
+        self.assertRefused(c, 431, Code.HeadersTooLarge)
+
+    def test_chunked_extensions_and_trailers(self) -> None:
+        """Chunk extensions and trailers are allowed and not part of the body."""
+        c = Connection()
+        c.send(
+            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;name=value\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        )
+        self.assertEqual(c.handler.requests[0].body, b"abc")
+        self.assertEqual(statuses(c.output()), [200])
+
     def test_400_bad_chunk(self) -> None:
         c = Connection()
         c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
@@ -597,16 +642,80 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertTrue(c.closed)
 
     def test_stalled_request(self) -> None:
-        """A request stalled half-way is dropped after idle_timeout."""
+        """A request stalled half-way is dropped idle_timeout after its first
+        byte, without an answer."""
         c = Connection(idle_timeout=10)
         c.send(post()[:30])
         c.clock.advance(6)
         c.send(post()[30:40])
-        c.clock.advance(9)
+        c.clock.advance(3.9)
         self.assertFalse(c.closed)
-        c.clock.advance(1)
+        c.clock.advance(0.1)
         self.assertTrue(c.closed)
         self.assertEqual(c.output(), b"")
+
+    def test_trickled_request(self) -> None:
+        """A client that trickles a request a byte a second, never idle for long,
+        is still cut off idle_timeout after the request's first byte."""
+        c = Connection(idle_timeout=10)
+        data = post(body=b"x" * 100)
+        for second in range(10):
+            self.assertFalse(c.closed, second)
+            c.send(data[second : second + 1])
+            c.clock.advance(1)
+        self.assertTrue(c.closed)
+        self.assertEqual((c.output(), c.handler.requests), (b"", []))
+
+    def test_trickled_blank_lines(self) -> None:
+        """Blank lines before a request count as its start (llhttp skips them
+        without starting a request)."""
+        c = Connection(idle_timeout=10)
+        for _ in range(10):
+            c.send(b"\r\n")
+            c.clock.advance(1)
+        self.assertTrue(c.closed)
+
+    def test_request_timeout(self) -> None:
+        """request_timeout, when shorter, bounds a request however recently the
+        connection was active."""
+        c = Connection(idle_timeout=60, request_timeout=5)
+        c.send(post())
+        c.clock.advance(50)
+        c.send(post()[:10])
+        c.clock.advance(4.9)
+        self.assertFalse(c.closed)
+        c.send(post()[10:20])
+        c.clock.advance(0.1)
+        self.assertTrue(c.closed)
+        self.assertEqual(statuses(c.output()), [200])
+
+    def test_deadline_per_request(self) -> None:
+        """Each request on a keep-alive connection has its own deadline, counted
+        from its own first byte."""
+        c = Connection(idle_timeout=10)
+        for _ in range(5):
+            c.send(post()[:20])
+            c.clock.advance(8)
+            c.send(post()[20:])
+            c.clock.advance(1)
+        self.assertFalse(c.closed)
+        self.assertEqual(statuses(c.output()), [200] * 5)
+
+    def test_paused_time_not_counted(self) -> None:
+        """While the server itself holds reading (max_pipeline), the clock of a
+        request half-received does not run; it restarts when reading resumes."""
+        answer = Deferring()
+        c = Connection(Handler(answer), idle_timeout=10, max_pipeline=1)
+        c.send(post() + post()[:20])
+        self.assertEqual(c.transport.producerState, "paused")
+        c.clock.advance(100)
+        self.assertFalse(c.closed)
+        answer.deferreds[0].callback(HTTPResponse(200))
+        self.assertEqual(c.transport.producerState, "producing")
+        c.clock.advance(9.9)
+        self.assertFalse(c.closed)
+        c.clock.advance(0.1)
+        self.assertTrue(c.closed)
 
     def test_pending_handler_is_not_idle(self) -> None:
         """Waiting for a handler's Deferred is not idling."""
@@ -621,6 +730,229 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertFalse(c.closed)
         c.clock.advance(1)
         self.assertTrue(c.closed)
+
+
+class FlowControlTests(SynchronousTestCase):
+    def test_write_backpressure(self) -> None:
+        """A client that does not read its responses stops being read: the
+        protocol is its transport's producer and pauses reading while the
+        transport's buffer is full."""
+        c = Connection()
+        self.assertIs(c.transport.producer, c.protocol)
+        self.assertTrue(c.transport.streaming)
+        c.protocol.pauseProducing()
+        self.assertEqual(c.transport.producerState, "paused")
+        c.protocol.resumeProducing()
+        self.assertEqual(c.transport.producerState, "producing")
+
+    def test_both_reasons_to_pause(self) -> None:
+        """Reading resumes only when neither the pipeline nor the transport's
+        buffer holds it."""
+        answer = Deferring()
+        c = Connection(Handler(answer), max_pipeline=1)
+        c.send(post())
+        c.protocol.pauseProducing()
+        answer.deferreds[0].callback(HTTPResponse(200))
+        self.assertEqual(c.transport.producerState, "paused")
+        c.protocol.resumeProducing()
+        self.assertEqual(c.transport.producerState, "producing")
+
+    def test_producer_unregistered_on_close(self) -> None:
+        """Closing unregisters the producer, which would otherwise keep a
+        Twisted transport open forever."""
+        c = Connection()
+        c.send(post(headers=b"Connection: close\r\n"))
+        self.assertTrue(c.closed)
+        self.assertIsNone(c.transport.producer)
+
+    def test_unread_responses_still_time_out(self) -> None:
+        """A client that never reads is dropped idle_timeout after the last
+        response was written."""
+        c = Connection(idle_timeout=10)
+        c.send(post())
+        c.protocol.pauseProducing()
+        c.clock.advance(10)
+        self.assertTrue(c.closed)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    def test_answered_after_half_close(self) -> None:
+        """A client that half-closes after its request still gets the answer,
+        then the connection closes."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        self.assertTrue(IHalfCloseableProtocol.providedBy(c.protocol))
+        c.send(post())
+        c.protocol.readConnectionLost()
+        self.assertFalse(c.closed)
+        answer.deferreds[0].callback(HTTPResponse(200))
+        [(status, headers, _)] = responses(c.output())
+        self.assertEqual((status, headers[b"connection"]), (200, b"close"))
+        self.assertTrue(c.closed)
+
+    def test_close_while_lingering(self) -> None:
+        """The client closing while the server lingers after an error ends the
+        linger (no timer is left behind)."""
+        c = Connection()
+        c.send(b"garbage\r\n\r\n")
+        c.protocol.readConnectionLost()
+        self.assertTrue(c.closed)
+        self.assertEqual(c.clock.getDelayedCalls(), [])
+
+    def test_half_close_mid_request(self) -> None:
+        """A request cut short by a half-close is dropped; the connection closes."""
+        c = Connection()
+        c.send(post()[:20])
+        c.protocol.readConnectionLost()
+        self.assertTrue(c.closed)
+        self.assertEqual((c.output(), c.handler.requests), (b"", []))
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def connect(self, factory: HTTPServerFactory) -> StringTransportWithDisconnection:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return transport
+
+    def test_default_limit(self) -> None:
+        """By default, half the open file limit beyond a reserve, at most 10000."""
+        from gateway.web.server import connection_limit
+
+        self.assertEqual(
+            [connection_limit(n) for n in (1024, 20000, 1 << 20, -1, 50)],
+            [462, 9950, 10000, 10000, 1],
+        )
+        self.assertGreaterEqual(HTTPServerFactory(Handler()).max_connections, 1)
+
+    def test_refused_beyond_limit(self) -> None:
+        """Beyond max_connections a new connection gets a 503 at once, with
+        Retry-After, and closes after lingering; served ones are untouched."""
+        c = Connection(max_connections=2)
+        second = self.connect(c.factory)
+        third = self.connect(c.factory)
+        [(status, headers, body)] = responses(third.value())
+        self.assertEqual(status, 503)
+        self.assertEqual(headers[b"retry-after"], b"1")
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(json.loads(body)["code"], "RateLimited")
+        self.assertEqual(
+            (c.factory.open_connections, c.factory.refused_connections), (2, 1)
+        )
+        self.assertEqual(c.log[-1]["status"], 503)
+        # the request it sends meanwhile is read and dropped
+        third.protocol.dataReceived(post())
+        self.assertEqual(c.handler.requests, [])
+        self.assertTrue(third.connected)
+        c.clock.advance(2)
+        self.assertFalse(third.connected)
+        self.assertEqual(c.factory.refusing, 0)
+        # the served ones still work, and a freed place is taken again
+        c.send(post())
+        self.assertEqual(statuses(c.output()), [200])
+        self.assertEqual(second.value(), b"")
+        second.loseConnection()
+        fourth = self.connect(c.factory)
+        fourth.protocol.dataReceived(post())
+        self.assertEqual(statuses(fourth.value()), [200])
+        self.assertEqual(c.handler.closed, [second.protocol.connection_id])  # type: ignore[attr-defined]
+
+    def test_refusals_bounded(self) -> None:
+        """Refused connections linger only up to max_connections of them; beyond
+        that they are closed at once."""
+        c = Connection(max_connections=1)
+        lingering = self.connect(c.factory)
+        closed = self.connect(c.factory)
+        self.assertTrue(lingering.connected)
+        self.assertFalse(closed.connected)
+        self.assertEqual(statuses(closed.value()), [503])
+        self.assertEqual(c.factory.refusing, 1)
+
+
+class DrainTests(SynchronousTestCase):
+    def test_nothing_open(self) -> None:
+        factory = HTTPServerFactory(Handler(), clock=Clock())
+        self.successResultOf(factory.drain(10))
+
+    def test_idle_closed(self) -> None:
+        """Idle keep-alive connections close at once."""
+        c = Connection()
+        c.send(post())
+        d = c.factory.drain(10)
+        self.assertTrue(c.closed)
+        self.successResultOf(d)
+
+    def test_outstanding_answered(self) -> None:
+        """A request waiting for its handler gets its answer, with Connection:
+        close, then the connection closes and the drain is done; pipelined
+        requests not yet read are not read."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post(b"/1"))
+        d = c.factory.drain(10)
+        self.assertNoResult(d)
+        self.assertFalse(c.closed)
+        c.send(post(b"/2"))
+        answer.deferreds[0].callback(HTTPResponse(200))
+        [(status, headers, _)] = responses(c.output())
+        self.assertEqual((status, headers[b"connection"]), (200, b"close"))
+        self.assertTrue(c.closed)
+        self.successResultOf(d)
+        self.assertEqual(len(c.handler.requests), 1)
+
+    def test_request_being_received(self) -> None:
+        """A request half-received when the drain starts is received, answered
+        and the last one on its connection."""
+        c = Connection()
+        c.send(post()[:30])
+        d = c.factory.drain(10)
+        self.assertFalse(c.closed)
+        c.send(post()[30:] + post())
+        [request] = c.handler.requests
+        self.assertFalse(request.keep_alive)
+        [(status, headers, _)] = responses(c.output())
+        self.assertEqual((status, headers[b"connection"]), (200, b"close"))
+        self.assertTrue(c.closed)
+        self.successResultOf(d)
+
+    def test_new_connections_refused(self) -> None:
+        """Connections accepted after the drain started get a 503."""
+        c = Connection()
+        c.factory.drain(10)
+        other = c.factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = other
+        other.makeConnection(transport)
+        [(status, _, body)] = responses(transport.value())
+        self.assertEqual(status, 503)
+        self.assertIn(b"shutting down", body)
+
+    def test_timeout(self) -> None:
+        """A drain ends at its timeout: connections still open are aborted."""
+        answer = Deferring()
+        c = Connection(Handler(answer))
+        c.send(post())
+        d = c.factory.drain(5)
+        c.clock.advance(4.9)
+        self.assertNoResult(d)
+        c.clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertTrue(c.closed)
+        self.assertEqual(c.factory.open_connections, 0)
+        answer.deferreds[0].callback(HTTPResponse(200))
+        self.assertEqual(c.output(), b"")
+
+    def test_lingering_left_to_linger(self) -> None:
+        """A connection lingering after an error response closes on its own
+        schedule, so that the answer is not destroyed."""
+        c = Connection()
+        c.send(b"garbage\r\n\r\n")
+        d = c.factory.drain(10)
+        self.assertFalse(c.closed)
+        c.clock.advance(2)
+        self.assertTrue(c.closed)
+        self.successResultOf(d)
 
 
 class FailureTests(SynchronousTestCase):

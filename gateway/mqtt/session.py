@@ -5,8 +5,11 @@ A broker session that survives its connections.
 L{BrokerSession} keeps one MQTT session to the first broker of a list that answers,
 reconnects with exponential back-off and jitter, falls back from MQTT 5 to 3.1.1 when
 asked to, and owns the in-flight window: messages beyond the broker's Receive
-Maximum wait in a bounded queue, unacknowledged QoS 1/2 messages are sent again (DUP)
-after a reconnect, and every caller hears back within the publish timeout.
+Maximum wait in a queue bounded in length, in bytes and in waiting time (a broker
+slower than the traffic gets 503s at once rather than a queue that makes every
+request wait for the publish timeout), unacknowledged QoS 1/2 messages are sent
+again (DUP) after a reconnect, and every caller hears back within the publish
+timeout.
 
 Made with C{reconnect=False} it is one sender's session in broker mode: a single
 connection (the next broker tried only while none answers), whose refusal or loss
@@ -41,6 +44,7 @@ from gateway.errors import (
     from_connack_code,
     from_reason_code,
 )
+from gateway.limits import DrainRate
 from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
@@ -116,6 +120,7 @@ class _Pending:
     message_id: str
     deferred: Deferred[PublishResult]
     timer: IDelayedCall | None = None
+    queued_at: float = 0.0
     packet: codec.Publish | None = None
     released: bool = False  # QoS 2: PUBREC received, PUBREL sent
 
@@ -196,6 +201,15 @@ class BrokerSession(Service):
     (QoS 0); or with a L{GatewayError}: 503 when no broker is reachable, the queue is
     full or no acknowledgement came within C{publish_timeout}, the mapped status for
     a broker reason code, 400/413 for what the broker's limits forbid.
+
+    The queue is full with C{max_queue} messages waiting or in flight, with
+    C{max_queue_bytes} of payload queued, or when a new message would wait in it
+    longer than C{max_queue_delay} seconds: the queue's length over the rate at
+    which it drains while backlogged (L{DrainRate}), or the time the message at
+    its head has waited already. The broker (or the way to it) is then slower
+    than the traffic, and the message is refused at once (503, C{Retry-After:
+    1}) rather than accepted to wait for the publish timeout. That keeps the
+    latency of accepted messages near C{max_queue_delay} under any overload.
     """
 
     _log = Logger()
@@ -207,6 +221,8 @@ class BrokerSession(Service):
         *,
         publish_timeout: float = 10.0,
         max_queue: int = 10000,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        max_queue_delay: float = 2.0,
         max_inflight: int = 1000,
         clock: IReactorTime | None = None,
         retry_policy: Callable[[int], float] | None = None,
@@ -231,6 +247,8 @@ class BrokerSession(Service):
         self.settings = settings
         self.publish_timeout = publish_timeout
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.max_queue_delay = max_queue_delay
         self.max_inflight = max_inflight
         self._clock = clock
         self._retry_policy = retry_policy or backoffPolicy(
@@ -257,6 +275,8 @@ class BrokerSession(Service):
         self._retry: IDelayedCall | None = None
         self._retry_at: float | None = None
         self._queue: deque[_Pending] = deque()
+        self._queued_bytes = 0
+        self._drain = DrainRate()
         self._inflight: dict[int, _Pending] = {}
         self._next_packet_id = 1
         self._stopped: Deferred[None] | None = None
@@ -324,17 +344,36 @@ class BrokerSession(Service):
             pending.fail(broker_unavailable("the broker session has ended"))
         elif self._retry_at is not None and self._protocol is None:
             pending.fail(self._unreachable())
-        elif len(self._queue) + len(self._inflight) >= self.max_queue:
-            pending.fail(
-                broker_unavailable("too many messages are waiting for the broker")
-            )
+        elif (full := self._full(message)) is not None:
+            pending.fail(broker_unavailable(full))
         else:
             pending.timer = self._clock.callLater(
                 self.publish_timeout, self._timed_out, pending
             )
+            pending.queued_at = self._clock.seconds()
             self._queue.append(pending)
+            self._queued_bytes += len(message.payload)
             self._pump()
         return pending.deferred
+
+    def _full(self, message: Message) -> str | None:
+        """Why the queue cannot take C{message}, or C{None} when it can."""
+        queue = self._queue
+        if len(queue) + len(self._inflight) >= self.max_queue:
+            return "too many messages are waiting for the broker"
+        if not queue:
+            return None
+        if self._queued_bytes + len(message.payload) > self.max_queue_bytes:
+            return "too many bytes are waiting for the broker"
+        now = self._clock.seconds()
+        wait = self._drain.wait(len(queue), now)
+        if wait is None or wait < now - queue[0].queued_at:
+            wait = now - queue[0].queued_at
+        if wait > self.max_queue_delay:
+            if math.isinf(wait):
+                return "the broker is not taking messages"
+            return f"the broker is not keeping up (messages wait {wait:.1f} s)"
+        return None
 
     # -- service
 
@@ -606,6 +645,10 @@ class BrokerSession(Service):
 
     def _pump(self) -> None:
         """Send queued messages while there is a session and room in the window."""
+        self._send_queued()
+        self._drain.waiting(bool(self._queue), self._clock.seconds())
+
+    def _send_queued(self) -> None:
         protocol = self._protocol
         if protocol is None:
             return
@@ -617,6 +660,8 @@ class BrokerSession(Service):
             if qos and len(self._inflight) >= window:
                 return
             queue.popleft()
+            self._queued_bytes -= len(pending.message.payload)
+            self._drain.departed()
             if not pending.waiting:
                 continue
             try:
@@ -699,6 +744,7 @@ class BrokerSession(Service):
         # In flight, it keeps its packet id until the broker answers.
         with contextlib.suppress(ValueError):
             self._queue.remove(pending)
+            self._queued_bytes -= len(pending.message.payload)
         pending.fail(
             broker_unavailable(
                 f"the broker did not acknowledge within {self.publish_timeout:g} s"
@@ -707,6 +753,8 @@ class BrokerSession(Service):
 
     def _fail_waiting(self, error: GatewayError) -> None:
         queue, self._queue = self._queue, deque()
+        self._queued_bytes = 0
+        self._drain.waiting(False, self._clock.seconds())
         for pending in queue:
             pending.fail(error)
         for pending in self._inflight.values():

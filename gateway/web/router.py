@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_topics -*-
+# -*- test-case-name: tests.test_web_topics,tests.test_aliyun -*-
 """
 Which API answers a request, decided by its path alone.
 """
@@ -9,30 +9,44 @@ from twisted.internet.defer import Deferred
 
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
+from gateway.web.aliyun import ALIYUN_PATH, AliyunAPI
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.topics import TOPICS_PREFIX, TopicsAPI, error_response
 
 
 class Router:
     """
-    The device-facing request handler: C{/topics/...} goes to API 1; any other
-    path is a 400 C{InvalidPath}.
+    The device-facing request handler: C{/topics/...} goes to API 1; C{/} goes to
+    API 2 (Alibaba C{SendMessage}) when it is enabled; any other path is a 400
+    C{InvalidPath}.
+
+    @ivar aliyun: API 2's adapter, or C{None} when C{[aliyun]} is off.
     """
 
-    def __init__(self, topics: TopicsAPI, publisher: IPublisher) -> None:
+    def __init__(
+        self,
+        topics: TopicsAPI,
+        publisher: IPublisher,
+        aliyun: AliyunAPI | None = None,
+    ) -> None:
         self.topics = topics
         self.publisher = publisher
+        self.aliyun = aliyun
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer C{request} with the API its path names."""
         if request.path.startswith(TOPICS_PREFIX):
             return self.topics.handle(request)
+        if self.aliyun is not None and request.path == ALIYUN_PATH:
+            return self.aliyun.handle(request)
         return self.render_error(
             request, GatewayError(Code.InvalidPath, "incorrect URL path")
         )
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error in the shape of the API the path names."""
+        if self.aliyun is not None and request.path == ALIYUN_PATH:
+            return self.aliyun.render_error(request, error)
         return error_response(error, AccessLogFields())
 
     def connection_closed(self, connection_id: str) -> None:

@@ -8,6 +8,13 @@ L{HTTPResponse} values back strictly in request order. Limits are answered, not
 dropped: 413 for bodies over C{max_body} (before the body is read), 414 for long
 request targets, 431 for large header blocks and 400 for anything llhttp refuses.
 
+Flow control: a connection stops reading while it has C{max_pipeline} requests
+outstanding or while its transport cannot take more output (a client that does
+not read its responses); a request must arrive whole within C{request_timeout} of
+its first byte, however slowly its bytes trickle in; beyond C{max_connections}
+open connections a new one is answered 503 at once and closed.
+L{HTTPServerFactory.drain} ends every connection gracefully for a shutdown.
+
 All responses are C{HTTP/1.1}, also to HTTP/1.0 clients (RFC 9110 section 2.5 lets
 a server send its own version); HTTP/1.0 connections are always closed after the
 response.
@@ -16,6 +23,7 @@ response.
 from __future__ import annotations
 
 import os
+import resource
 import time
 import typing
 from collections import deque
@@ -26,10 +34,12 @@ from typing import Any, NoReturn, cast
 
 import httptools
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
+    IConsumer,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IProtocolNegotiationFactory,
     IPushProducer,
     IReactorTime,
@@ -44,7 +54,12 @@ from zope.interface import implementer
 from gateway.errors import Code, GatewayError
 from gateway.web.messages import HTTPRequest, HTTPResponse
 
-__all__ = ["HTTPServerFactory", "HTTPServerProtocol", "RequestHandler"]
+__all__ = [
+    "HTTPServerFactory",
+    "HTTPServerProtocol",
+    "RequestHandler",
+    "connection_limit",
+]
 
 _log = Logger()
 
@@ -75,6 +90,30 @@ _LINGER_SECONDS = 2.0
 # Slack for the request line and the ": " and CRLFs around the counted bytes,
 # used only by the guard against one huge header that llhttp buffers.
 _HEAD_SLACK = 4096
+
+# File descriptors kept free of HTTP connections (broker connections, log files,
+# the listening sockets ...), and the most connections served by default.
+_RESERVED_FILES = 100
+_MAX_CONNECTIONS = 10_000
+
+
+def connection_limit(open_files: int) -> int:
+    """
+    The default cap on concurrent connections for a process that may open
+    C{open_files} file descriptors (C{RLIMIT_NOFILE}; negative for no limit).
+
+    Half of what is left after a reserve, at most 10,000: refused connections
+    (see L{HTTPServerFactory}) hold descriptors for a moment too, up to as many
+    again, so the process never runs out of them.
+    """
+    if open_files < 0:
+        return _MAX_CONNECTIONS
+    return max(1, min(_MAX_CONNECTIONS, (open_files - _RESERVED_FILES) // 2))
+
+
+def _default_connection_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return connection_limit(-1 if soft == resource.RLIM_INFINITY else soft)
 
 
 class RequestHandler(typing.Protocol):
@@ -139,7 +178,20 @@ class HTTPServerFactory(Factory):
     answers a client's ALPN offer with a handshake failure unless the wrapped
     factory names protocols, and C{curl --http1.0} offers only C{http/1.0}.
 
-    @ivar open_connections: how many connections are open right now.
+    Beyond C{max_connections} open connections, and once L{drain} was called, a
+    new connection is refused rather than left waiting: it gets a 503 (code
+    C{RateLimited}, C{Retry-After: 1}, C{Connection: close}) as soon as it is
+    accepted, and input is read and dropped for a moment before it closes (so
+    that the close does not become a reset that destroys the answer). Refused
+    connections linger only while there are fewer of them than
+    C{max_connections}; beyond that they are closed at once. Refusing keeps the
+    listener accepting, so clients hear at once rather than time out in the
+    kernel's backlog, and a load balancer sees the 503.
+
+    @ivar open_connections: how many connections are served right now (refused
+        ones not counted).
+    @ivar refused_connections: how many connections were refused so far.
+    @ivar draining: whether L{drain} was called.
     """
 
     def __init__(
@@ -150,7 +202,9 @@ class HTTPServerFactory(Factory):
         max_header_bytes: int = 16384,
         max_target_bytes: int = 16384,
         idle_timeout: float = 60,
+        request_timeout: float | None = None,
         max_pipeline: int = 32,
+        max_connections: int | None = None,
         access_log: Callable[[dict[str, object]], None] | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -162,8 +216,14 @@ class HTTPServerFactory(Factory):
         @param max_target_bytes: the longest request target (414 beyond).
         @param idle_timeout: seconds a connection may wait for input before it is
             closed (a request waiting for its handler is not idle).
+        @param request_timeout: seconds from the first byte of a request to its
+            last before the connection is closed without an answer, however
+            steadily bytes arrive; C{idle_timeout} if C{None}. Time spent with
+            reading paused by the server does not count.
         @param max_pipeline: the most requests a connection may have outstanding;
             reading pauses at that count.
+        @param max_connections: the most connections served at once (see above);
+            if C{None}, L{connection_limit} of the process's open file limit.
         @param access_log: called with one dict per response written (the keys of
             SPEC section 10), or C{None}.
         @param clock: the time source and scheduler; the global reactor if
@@ -178,10 +238,22 @@ class HTTPServerFactory(Factory):
         self.max_header_bytes = max_header_bytes
         self.max_target_bytes = max_target_bytes
         self.idle_timeout = idle_timeout
+        self.request_timeout = (
+            idle_timeout if request_timeout is None else request_timeout
+        )
         self.max_pipeline = max(1, max_pipeline)
+        if max_connections is None:
+            max_connections = _default_connection_limit()
+        self.max_connections = max(1, max_connections)
         self.access_log = access_log
         self.clock = clock
         self.open_connections = 0
+        self.refused_connections = 0
+        self.refusing = 0
+        self.draining = False
+        self._connections: set[HTTPServerProtocol] = set()
+        self._drained: list[Deferred[None]] = []
+        self._drain_timer: IDelayedCall | None = None
         self._date_second = -1
         self._date_lines = b""
         self._iso_second = -1
@@ -198,6 +270,71 @@ class HTTPServerFactory(Factory):
         A new protocol for one connection.
         """
         return HTTPServerProtocol(self)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Stop taking requests, for a graceful shutdown (stop listening first).
+
+        From now on new connections are refused (see above). An idle connection
+        closes at once; a request being received is received and answered; every
+        request already received is answered. Each connection closes after its
+        last answer (which says C{Connection: close}); no later request on it is
+        read.
+
+        @param timeout: seconds after which connections still open are aborted.
+        @return: fires with C{None} once no connection is open, or at the
+            timeout.
+        """
+        self.draining = True
+        for protocol in list(self._connections):
+            protocol.drain()
+        if not self._connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        if self._drain_timer is None:
+            self._drain_timer = self.clock.callLater(timeout, self._drain_expired)
+        return d
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        if self._connections:
+            _log.warn(
+                "Aborting {count} HTTP connection(s) still open after the drain "
+                "timeout",
+                count=len(self._connections),
+            )
+        for protocol in list(self._connections):
+            protocol.abort()
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        if self._drain_timer is not None:
+            if self._drain_timer.active():
+                self._drain_timer.cancel()
+            self._drain_timer = None
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
+
+    def connection_opened(self, protocol: HTTPServerProtocol) -> bool:
+        """
+        Count a new connection, unless it must be refused.
+
+        @return: C{True} to serve it, C{False} to refuse it.
+        """
+        if self.draining or self.open_connections >= self.max_connections:
+            return False
+        self.open_connections += 1
+        self._connections.add(protocol)
+        return True
+
+    def connection_ended(self, protocol: HTTPServerProtocol) -> None:
+        """A connection that L{connection_opened} counted has closed."""
+        self.open_connections -= 1
+        self._connections.discard(protocol)
+        if self.draining and not self._connections and self._drained:
+            self._fire_drained()
 
     def standard_headers(self, now: float) -> bytes:
         """
@@ -222,13 +359,16 @@ class HTTPServerFactory(Factory):
         return f"{self._iso_prefix}.{millis:03d}Z"
 
 
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class HTTPServerProtocol(Protocol):
     """
     One HTTP/1.x connection.
 
     Requests are dispatched as soon as they are complete, responses written in
     request order with one C{write} each. The parser callbacks (C{on_*}) are
-    called by llhttp only.
+    called by llhttp only. The protocol is its transport's producer: when the
+    transport's write buffer is full it pauses reading (L{pauseProducing}). A
+    client that half-closes after its requests still gets their answers.
     """
 
     def __init__(self, factory: HTTPServerFactory) -> None:
@@ -243,6 +383,7 @@ class HTTPServerProtocol(Protocol):
         self._max_header_bytes = factory.max_header_bytes
         self._max_target_bytes = factory.max_target_bytes
         self._max_pipeline = factory.max_pipeline
+        self._request_timeout = factory.request_timeout
         self._head_limit = (
             factory.max_header_bytes + factory.max_target_bytes + _HEAD_SLACK
         )
@@ -254,13 +395,21 @@ class HTTPServerProtocol(Protocol):
         self._connected = False
         self._reading = True  # False once no further request will be parsed
         self._closing = False  # loseConnection called
-        self._paused = False
+        self._refused = False  # over the connection cap or draining
+        self._draining = False
+        self._paused = False  # the transport is paused (by us)
+        self._write_blocked = False  # the transport asked us to pause
+        self._lingering = False
+        self._producing = False  # registered as the transport's producer
         self._continue_owed = False
         self._tls = False
         self._certificate_fetched = False
         self._certificate: object = None
         self._now = 0.0
         self._last_activity = 0.0
+        # When the request being received (or the bytes before it) began to
+        # arrive; None between requests.
+        self._receive_start: float | None = None
         self._idle_call: IDelayedCall | None = None
         self._linger_call: IDelayedCall | None = None
         # The message being parsed.
@@ -283,18 +432,38 @@ class HTTPServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """
-        Count the connection, note the peer and start the idle timer.
+        Count the connection (or refuse it), note the peer and start the idle
+        timer.
         """
         transport = self.transport
         assert transport is not None
         self._transport = transport
         self._connected = True
-        self._factory.open_connections += 1
         self.peer = _format_peer(transport.getPeer())
         self._tls = ISSLTransport.providedBy(transport)
-        self._last_activity = self._clock.seconds()
-        self._idle_call = self._clock.callLater(
-            self._factory.idle_timeout, self._check_idle
+        self._now = self._last_activity = self._clock.seconds()
+        factory = self._factory
+        if not factory.connection_opened(self):
+            self._refuse()
+            return
+        cast(IConsumer, transport).registerProducer(self, True)
+        self._producing = True
+        self._idle_call = self._clock.callLater(factory.idle_timeout, self._check_idle)
+
+    def _refuse(self) -> None:
+        factory = self._factory
+        self._refused = True
+        self._certificate_fetched = True  # no handshake is waited for
+        factory.refused_connections += 1
+        factory.refusing += 1
+        why = (
+            "the gateway is shutting down"
+            if factory.draining
+            else "the gateway has too many open connections"
+        )
+        self._fail(
+            GatewayError(Code.RateLimited, why, status=503, retry_after=1),
+            linger=factory.refusing <= factory.max_connections,
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -305,13 +474,81 @@ class HTTPServerProtocol(Protocol):
             return
         self._connected = False
         self._reading = False
-        self._factory.open_connections -= 1
         self._queue.clear()
         self._cancel_timers()
+        if self._refused:
+            self._factory.refusing -= 1
+            return
+        self._factory.connection_ended(self)
         try:
             self._handler.connection_closed(self.connection_id)
         except Exception:
             _log.failure("Request handler failed on a closed connection")
+
+    # IPushProducer, for the transport
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: stop reading requests."""
+        self._write_blocked = True
+        self._update_pause()
+
+    def resumeProducing(self) -> None:
+        """The transport's write buffer has drained: read again."""
+        self._write_blocked = False
+        self._update_pause()
+
+    def stopProducing(self) -> None:
+        """The transport is closing: nothing to do."""
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self) -> None:
+        """
+        The client will send no more: answer the requests received (a request
+        cut short cannot be), then close.
+        """
+        self._reading = False
+        if self._closing or self._linger_call is not None or not self._queue:
+            self._close()
+        else:
+            last = self._queue[-1]
+            last.close = True
+            last.linger = False  # nothing more will arrive to cause a reset
+
+    def writeConnectionLost(self) -> None:
+        """Not used: the server never half-closes."""
+
+    # Shutdown
+
+    def drain(self) -> None:
+        """
+        Take no new request: close now if idle, else after answering the
+        requests received and the one being received (L{HTTPServerFactory.drain}).
+        """
+        if self._draining or not self._connected or self._closing:
+            return
+        self._draining = True
+        if self._started or self._linger_call is not None:
+            return  # on_message_complete makes it the last request; or closing
+        self._reading = False
+        if self._queue:
+            self._queue[-1].close = True
+        else:
+            self._close()
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever it still has to send."""
+        if not self._connected:
+            return
+        self._reading = False
+        self._closing = True
+        self._cancel_timers()
+        transport: Any = self._transport
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -322,6 +559,9 @@ class HTTPServerProtocol(Protocol):
         now = self._clock.seconds()
         self._now = now
         self._last_activity = now
+        if self._receive_start is None:
+            self._receive_start = now
+            self._check_by(now + self._request_timeout)
         seq = self._seq
         try:
             self._parser.feed_data(data)
@@ -359,6 +599,8 @@ class HTTPServerProtocol(Protocol):
         """
         self._seq += 1
         self._started = True
+        if self._receive_start is None:
+            self._receive_start = self._now
         self._in_head = True
         self._head_spill = 0
         self._start = self._now
@@ -428,6 +670,7 @@ class HTTPServerProtocol(Protocol):
                 self._continue_owed = True  # after the earlier responses
             else:
                 self._write(_CONTINUE)
+                self._receive_start = self._now
 
     def on_body(self, chunk: bytes) -> None:
         """
@@ -445,6 +688,9 @@ class HTTPServerProtocol(Protocol):
         """
         self._continue_owed = False
         self._started = False
+        self._receive_start = None
+        if self._draining:
+            self._keep_alive = False
         body = self._body
         url = self._url
         if url[:1] == b"/":
@@ -479,8 +725,7 @@ class HTTPServerProtocol(Protocol):
         queue = self._queue
         queue.append(slot)
         if len(queue) >= self._max_pipeline and not self._paused:
-            self._paused = True
-            cast(IPushProducer, self._transport).pauseProducing()
+            self._update_pause()
         try:
             result = self._handler.handle(request)
         except GatewayError as error:
@@ -551,14 +796,14 @@ class HTTPServerProtocol(Protocol):
                 body=error.message.encode("utf-8") + b"\n",
             )
 
-    def _fail(self, error: GatewayError) -> None:
+    def _fail(self, error: GatewayError, linger: bool = True) -> None:
         """
         Answer an error the server found itself (in order), stop reading, close.
         """
         self._reading = False
         self._continue_owed = False
         request = self._partial_request()
-        slot = _Slot(request, self._start if self._started else self._now, True, True)
+        slot = _Slot(request, self._start if self._started else self._now, True, linger)
         self._queue.append(slot)
         self._complete(slot, self._render_error(request, error))
 
@@ -589,11 +834,11 @@ class HTTPServerProtocol(Protocol):
                 self._finish(slot.linger)
                 return
         if self._paused and len(queue) < self._max_pipeline:
-            self._paused = False
-            cast(IPushProducer, self._transport).resumeProducing()
+            self._update_pause()
         if self._continue_owed and not queue:
             self._continue_owed = False
             self._write(_CONTINUE)
+            self._receive_start = self._clock.seconds()
 
     def _send(self, slot: _Slot, response: HTTPResponse) -> None:
         """
@@ -657,9 +902,8 @@ class HTTPServerProtocol(Protocol):
             return
         # Keep reading (and discarding) so unread input cannot turn the close into
         # a RST that destroys the response; the client closes first, or we do.
-        if self._paused:
-            self._paused = False
-            cast(IPushProducer, self._transport).resumeProducing()
+        self._lingering = True
+        self._update_pause()
         if self._linger_call is None:
             self._linger_call = self._clock.callLater(
                 min(_LINGER_SECONDS, self._factory.idle_timeout), self._close
@@ -669,30 +913,69 @@ class HTTPServerProtocol(Protocol):
         """
         Close the connection (once).
         """
-        self._linger_call = None
         self._reading = False
+        self._cancel_timers()  # also the linger timer, if it is not what runs
         if self._connected and not self._closing:
             self._closing = True
-            self._cancel_timers()
             assert self._transport is not None
+            if self._producing:
+                # A registered producer would keep the connection open.
+                self._producing = False
+                cast(IConsumer, self._transport).unregisterProducer()
             self._transport.loseConnection()
+
+    def _update_pause(self) -> None:
+        """
+        Pause reading while C{max_pipeline} requests are outstanding or the
+        transport cannot take more output; resume otherwise (and always while
+        lingering, when input is only discarded).
+        """
+        pause = not self._lingering and (
+            self._write_blocked or len(self._queue) >= self._max_pipeline
+        )
+        if pause == self._paused or not self._connected or self._closing:
+            return
+        self._paused = pause
+        transport = cast(IPushProducer, self._transport)
+        if pause:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
+            if self._receive_start is not None:
+                # Time spent paused was not the client's.
+                self._receive_start = self._clock.seconds()
+
+    def _check_by(self, deadline: float) -> None:
+        """Make sure L{_check_idle} runs no later than C{deadline}."""
+        call = self._idle_call
+        if call is not None and call.active() and call.getTime() > deadline:
+            call.reset(max(0.0, deadline - self._clock.seconds()))
 
     def _check_idle(self) -> None:
         """
-        Close the connection if it has waited for input for C{idle_timeout}.
+        Close the connection if it has waited for input for C{idle_timeout}
+        (waiting for a handler is not waiting for input), or if the request being
+        received started more than C{request_timeout} ago.
         """
         self._idle_call = None
         if not self._connected or self._closing or self._linger_call is not None:
             return
-        timeout = self._factory.idle_timeout
-        if self._queue:
-            delay = timeout  # waiting for a handler is not idle
+        now = self._clock.seconds()
+        deadline: float | None = None
+        start = self._receive_start
+        if start is not None and not self._paused and not self._continue_owed:
+            deadline = start + self._request_timeout
+        if not self._queue:
+            idle_deadline = self._last_activity + self._factory.idle_timeout
+            if deadline is None or idle_deadline < deadline:
+                deadline = idle_deadline
+        if deadline is None:
+            delay = self._factory.idle_timeout
+        elif now >= deadline:
+            self._close()
+            return
         else:
-            idle = self._clock.seconds() - self._last_activity
-            if idle >= timeout:
-                self._close()
-                return
-            delay = timeout - idle
+            delay = deadline - now
         self._idle_call = self._clock.callLater(delay, self._check_idle)
 
     def _cancel_timers(self) -> None:

@@ -1,0 +1,508 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+What C{GET /metrics} on the admin listener shows (SPEC section 9), in the
+Prometheus text format.
+
+L{GatewayMetrics} keeps its own L{CollectorRegistry} (never prometheus-client's
+global one, so two gateways in one process, as in the tests, do not mix). It
+learns about traffic from what it is handed:
+
+  - L{GatewayMetrics.observe_response}: the record of every HTTP response (the
+    dict the HTTP server gives its C{access_log}; pass both with L{compose});
+  - L{MeasuredPublisher}: an L{IPublisher} decorator timing each publish from
+    the hand-over to the broker's acknowledgement (or the failure);
+
+and reads the state of what it watches when it is scraped: the broker session
+(L{GatewayMetrics.watch_publisher}), the HTTP server factories
+(L{GatewayMetrics.watch_connections}) and the TLS settings
+(L{GatewayMetrics.watch_tls}).
+
+Counts are plain integers updated in the reactor thread and turned into metric
+families only when scraped: the request path pays a dict update, not a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import __version__
+from gateway.interfaces import IPublisher
+from gateway.model import Identity, Message, PublishResult
+from gateway.mqtt.passthrough import PassthroughPublisher
+from gateway.mqtt.publisher import SharedPublisher
+
+__all__ = [
+    "PREFIX",
+    "GatewayMetrics",
+    "MeasuredPublisher",
+    "api_of",
+    "compose",
+]
+
+PREFIX = "mqtt_http_gateway_"
+
+# From a loopback broker's sub-millisecond acks to the default publish timeout.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+Record = Mapping[str, object]
+
+
+def compose(
+    *observers: Callable[[dict[str, object]], None] | None,
+) -> Callable[[dict[str, object]], None] | None:
+    """
+    One C{access_log} callable for the HTTP server that hands each response
+    record to every observer given, in order; C{None}s are left out.
+
+    @return: C{None} when no observer is left (the server then builds no
+        records), the observer itself when only one is.
+    """
+    present = [observer for observer in observers if observer is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def observe(record: dict[str, object]) -> None:
+        for observer in present:
+            observer(record)
+
+    return observe
+
+
+def api_of(path: object) -> str:
+    """
+    Which API a request path belongs to, as the C{api} label: C{"topics"} for
+    C{/topics/...}, C{"aliyun"} for C{/} (where the Alibaba SDKs send
+    C{SendMessage}), C{"other"} for anything else.
+    """
+    if isinstance(path, str):
+        if path.startswith("/topics/"):
+            return "topics"
+        if path == "/":
+            return "aliyun"
+    return "other"
+
+
+class _Histogram:
+    """
+    Cumulative-bucket histogram counts, for one label set.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative = 0
+        result = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            result.append((_le(bound), float(cumulative)))
+        return result
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class OpenConnections(Protocol):
+    """What L{GatewayMetrics.watch_connections} reads: an HTTP server factory."""
+
+    open_connections: int
+
+
+class RefusedCertificates(Protocol):
+    """What L{GatewayMetrics.watch_tls} reads: a L{ReloadableServerTLS}."""
+
+    @property
+    def refused_certificates(self) -> int:
+        """How many client certificates failed verification so far."""
+
+
+class GatewayMetrics(Service):
+    """
+    The gateway's metrics and the registry they are exposed from.
+
+    As a service it checks the broker connection once per C{poll_interval}
+    seconds, to count reconnections (see L{watch_publisher}).
+
+    @ivar registry: the registry to expose (L{render} does).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        *,
+        poll_interval: float = 1.0,
+        process_metrics: bool = True,
+    ) -> None:
+        """
+        @param clock: schedules the connection checks; the global reactor if
+            C{None}.
+        @param poll_interval: seconds between checks of the broker connection.
+        @param process_metrics: whether to include prometheus-client's
+            C{process_*} series (CPU, memory, open files of this process).
+        """
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        assert clock is not None
+        self._clock = clock
+        self.poll_interval = poll_interval
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._requests: dict[tuple[str, str, str], int] = {}
+        self._refusals: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, _Histogram] = {}
+        self._publishes: dict[str, _Histogram] = {}
+        self._publisher: object = None
+        self._factories: list[OpenConnections] = []
+        self._tls: list[RefusedCertificates] = []
+        self._was_connected: bool | None = None
+        self._reconnects = 0
+        self._poller: LoopingCall | None = None
+        self.registry.register(_Collector(self))
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+
+    # -- what is observed
+
+    def observe_response(self, record: Record) -> None:
+        """
+        Count one HTTP response from its access-log record (the keys of SPEC
+        section 10: C{path}, C{status}, C{http_version}, C{duration_ms} are
+        read).
+        """
+        api = api_of(record.get("path"))
+        status = str(record.get("status"))
+        key = (api, status, str(record.get("http_version") or ""))
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        if status in _REFUSALS:
+            refusal = (api, status)
+            self._refusals[refusal] = self._refusals.get(refusal, 0) + 1
+        duration = record.get("duration_ms")
+        if isinstance(duration, int | float):
+            histogram = self._durations.get(api)
+            if histogram is None:
+                histogram = self._durations[api] = _Histogram(LATENCY_BUCKETS)
+            histogram.observe(duration / 1000.0)
+
+    def observe_publish(self, seconds: float, ok: bool) -> None:
+        """
+        Count one publish that took C{seconds} from hand-over to the broker's
+        acknowledgement (C{ok}) or to its failure.
+        """
+        outcome = "ok" if ok else "error"
+        histogram = self._publishes.get(outcome)
+        if histogram is None:
+            histogram = self._publishes[outcome] = _Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+    # -- what is watched
+
+    def watch_publisher(self, publisher: object) -> None:
+        """
+        Report the state of C{publisher} (the one wrapped by
+        L{MeasuredPublisher}, if any): connected or not and reconnections for
+        any L{IPublisher}; the current broker, in-flight and queued messages
+        for a L{SharedPublisher}; open sender sessions for a
+        L{PassthroughPublisher}.
+
+        Reconnections are counted by checking C{connected} every
+        C{poll_interval} seconds while the service runs (and at each scrape):
+        the broker session offers no event to listen to, so a connection lost
+        and regained between two checks goes uncounted.
+        """
+        self._publisher = _unwrap(publisher)
+        self._was_connected = None
+
+    def watch_connections(self, factory: OpenConnections) -> None:
+        """
+        Add the open connections of C{factory} (an L{HTTPServerFactory}) to
+        the open-connections gauge.
+        """
+        self._factories.append(factory)
+
+    def watch_tls(self, tls: RefusedCertificates) -> None:
+        """
+        Add the refused client certificates of C{tls} (a
+        L{ReloadableServerTLS}, counted across reloads) to the TLS refusals.
+        """
+        self._tls.append(tls)
+
+    # -- service
+
+    def startService(self) -> None:
+        """Start checking the broker connection."""
+        super().startService()
+        self._poller = LoopingCall(self.check_connection)
+        self._poller.clock = self._clock
+        self._poller.start(self.poll_interval, now=True)
+
+    def stopService(self) -> None:
+        """Stop checking."""
+        super().stopService()
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+
+    def check_connection(self) -> None:
+        """
+        Look at the watched publisher's C{connected} now; a change from down
+        to up after it was up once is a reconnection.
+        """
+        publisher = self._publisher
+        if publisher is None:
+            return
+        connected = bool(getattr(publisher, "connected", False))
+        if connected and self._was_connected is False:
+            self._reconnects += 1
+        if connected or self._was_connected is not None:
+            self._was_connected = connected
+
+    # -- exposition
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """
+        The metrics in the format the C{Accept} header value C{accept} asks for
+        (OpenMetrics when asked, else the Prometheus text format 0.0.4).
+
+        @return: the body and its C{Content-Type}.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def collect(self) -> Iterable[Metric]:
+        """The metric families of the gateway (not the process ones)."""
+        self.check_connection()
+        yield InfoMetricFamily(
+            PREFIX + "build", "The gateway's version.", {"version": __version__}
+        )
+        requests = CounterMetricFamily(
+            PREFIX + "http_requests",
+            "HTTP responses sent, by API (topics, aliyun, other), status and "
+            "HTTP version.",
+            labels=("api", "status", "http_version"),
+        )
+        for (api, status, version), count in sorted(self._requests.items()):
+            requests.add_metric((api, status, version), count)
+        yield requests
+        for status, name, help in _REFUSAL_FAMILIES:
+            family = CounterMetricFamily(PREFIX + name, help, labels=("api",))
+            for (api, refused), count in sorted(self._refusals.items()):
+                if refused == status:
+                    family.add_metric((api,), count)
+            yield family
+        yield _histograms(
+            PREFIX + "http_request_duration_seconds",
+            "Time from a request's first byte to its response being written, by API.",
+            "api",
+            self._durations,
+        )
+        yield _histograms(
+            PREFIX + "publish_duration_seconds",
+            "Time from handing a message to the broker session to the broker's "
+            "acknowledgement (outcome ok) or the failure (outcome error).",
+            "outcome",
+            self._publishes,
+        )
+        yield from self._broker_families()
+        if self._factories:
+            yield GaugeMetricFamily(
+                PREFIX + "http_open_connections",
+                "Device-facing HTTP and HTTPS connections open now.",
+                value=sum(f.open_connections for f in self._factories),
+            )
+        if self._tls:
+            yield CounterMetricFamily(
+                PREFIX + "tls_client_certificates_refused",
+                "TLS handshakes refused because the client certificate did not "
+                "verify (untrusted, expired, revoked ...).",
+                value=sum(t.refused_certificates for t in self._tls),
+            )
+
+    def _broker_families(self) -> Iterable[Metric]:
+        publisher = self._publisher
+        if publisher is None:
+            return
+        connected = bool(getattr(publisher, "connected", False))
+        yield GaugeMetricFamily(
+            PREFIX + "broker_connected",
+            "1 while a broker session is up (broker mode: while a broker is "
+            "reachable), else 0.",
+            value=1 if connected else 0,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "broker_reconnects",
+            "Times the broker connection came back after being down (checked "
+            "once a second).",
+            value=self._reconnects,
+        )
+        if isinstance(publisher, SharedPublisher):
+            session = publisher.session
+            info = InfoMetricFamily(
+                PREFIX + "broker",
+                "The broker of the current session and its MQTT version.",
+                labels=("broker", "protocol"),
+            )
+            broker = session.current_broker
+            if broker is not None:
+                level = session.protocol_level
+                info.add_metric((broker, "5" if level == 5 else "3.1.1"), {})
+            yield info
+            yield GaugeMetricFamily(
+                PREFIX + "inflight_messages",
+                "QoS 1/2 messages sent to the broker and not yet acknowledged.",
+                value=session.inflight_count,
+            )
+            yield GaugeMetricFamily(
+                PREFIX + "queued_messages",
+                "Messages waiting for a broker session or for room in the "
+                "in-flight window.",
+                value=session.queued_count,
+            )
+        elif isinstance(publisher, PassthroughPublisher):
+            yield GaugeMetricFamily(
+                PREFIX + "broker_sessions",
+                "Broker sessions opened for senders (broker mode), connecting "
+                "or connected.",
+                value=publisher.session_count,
+            )
+
+
+# Statuses counted again on their own, for alerting without label arithmetic.
+_REFUSAL_FAMILIES = (
+    (
+        "429",
+        "rate_limited",
+        "Requests refused with 429 (rate limits, failed-login limits, broker quota).",
+    ),
+    (
+        "401",
+        "auth_failures",
+        "Requests refused with 401 (missing or wrong credentials).",
+    ),
+    (
+        "403",
+        "forbidden",
+        "Requests refused with 403 (ACL denial, a client id other "
+        "than the certificate's, the broker's not-authorized).",
+    ),
+)
+_REFUSALS = frozenset(status for status, _, _ in _REFUSAL_FAMILIES)
+
+
+def _histograms(
+    name: str, help: str, label: str, histograms: Mapping[str, _Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help, labels=(label,))
+    for value, histogram in sorted(histograms.items()):
+        family.add_metric((value,), histogram.buckets(), histogram.total)
+    return family
+
+
+class _Collector:
+    """Hands the registry L{GatewayMetrics.collect} (a registry needs an
+    object with C{collect}; a Service has other attributes it may probe)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.collect()
+
+
+def _unwrap(publisher: object) -> object:
+    while isinstance(publisher, MeasuredPublisher):
+        publisher = publisher.wrapped
+    return publisher
+
+
+@implementer(IPublisher)
+class MeasuredPublisher:
+    """
+    An L{IPublisher} that publishes through another and reports how long each
+    publish took to L{GatewayMetrics.observe_publish}.
+
+    @ivar wrapped: the publisher doing the work.
+    """
+
+    def __init__(
+        self, publisher: IPublisher, metrics: GatewayMetrics, clock: IReactorTime
+    ) -> None:
+        """
+        @param publisher: the publisher doing the work.
+        @param metrics: where the durations go.
+        @param clock: the time source.
+        """
+        self.wrapped = publisher
+        self._metrics = metrics
+        self._clock = clock
+
+    @property
+    def connected(self) -> bool:
+        """The wrapped publisher's C{connected}."""
+        return bool(self.wrapped.connected)
+
+    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
+        """
+        Publish with the wrapped publisher; the result (or failure) passes
+        through unchanged once its duration is counted.
+        """
+        start = self._clock.seconds()
+        d = self.wrapped.publish(message, identity)
+        d.addBoth(self._measured, start)
+        return d
+
+    def _measured(self, result: Any, start: float) -> Any:
+        self._metrics.observe_publish(
+            self._clock.seconds() - start, not isinstance(result, Failure)
+        )
+        return result
+
+    def connection_closed(self, connection_id: str) -> None:
+        """Tell the wrapped publisher."""
+        self.wrapped.connection_closed(connection_id)

@@ -1,0 +1,109 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin listener's request handler (SPEC section 9): health, readiness and
+metrics, for the same L{HTTPServerFactory} as the device-facing APIs but served
+only on C{[admin] listen}.
+
+  - C{GET /healthz}: 200 while the process runs (the reactor answers);
+  - C{GET /readyz}: 200 while a broker session is up (the publisher's
+    C{connected}), else 503;
+  - C{GET /metrics}: the metrics, Prometheus text (or OpenMetrics when the
+    C{Accept} header asks for it).
+
+C{HEAD} is answered like C{GET} without a body; other methods are 405 with
+C{Allow}, other paths 404. The query string is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.errors import GatewayError
+from gateway.web.messages import HTTPRequest, HTTPResponse
+
+__all__ = ["AdminRouter"]
+
+_TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
+_NO_STORE = ("Cache-Control", "no-store")
+_ALLOWED = "GET, HEAD"
+
+
+class Readiness(Protocol):
+    """What C{/readyz} asks: an L{IPublisher}."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether a broker session is up."""
+
+
+class MetricsSource(Protocol):
+    """What C{/metrics} shows: a L{gateway.metrics.GatewayMetrics}."""
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The metrics body and its content type for an C{Accept} value."""
+
+
+def _text(status: int, text: str, *headers: tuple[str, str]) -> HTTPResponse:
+    return HTTPResponse(
+        status=status,
+        headers=(*_TEXT, _NO_STORE, *headers),
+        body=text.encode("utf-8") + b"\n",
+    )
+
+
+class AdminRouter:
+    """
+    Answers the admin paths; a L{RequestHandler} for L{HTTPServerFactory}.
+    """
+
+    def __init__(
+        self, publisher: Readiness, metrics: MetricsSource | None = None
+    ) -> None:
+        """
+        @param publisher: whose C{connected} decides readiness.
+        @param metrics: what C{/metrics} shows; C{None}: C{/metrics} is a 404.
+        """
+        self.publisher = publisher
+        self.metrics = metrics
+        self._routes = {
+            b"/healthz": self._health,
+            b"/readyz": self._ready,
+        }
+        if metrics is not None:
+            self._routes[b"/metrics"] = self._metrics
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse:
+        """Answer C{request} at once."""
+        route = self._routes.get(request.path)
+        if route is None:
+            return _text(404, "not found")
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, "method not allowed", ("Allow", _ALLOWED))
+        return route(request)
+
+    def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
+        """A plain-text response with the error's status and message."""
+        return _text(error.status, error.message)
+
+    def connection_closed(self, connection_id: str) -> None:
+        """Nothing is tied to admin connections."""
+
+    def _health(self, request: HTTPRequest) -> HTTPResponse:
+        return _text(200, "ok")
+
+    def _ready(self, request: HTTPRequest) -> HTTPResponse:
+        if self.publisher.connected:
+            return _text(200, "ready")
+        return _text(503, "not ready: no broker session", ("Retry-After", "1"))
+
+    def _metrics(self, request: HTTPRequest) -> HTTPResponse:
+        assert self.metrics is not None
+        accept = request.header(b"accept")
+        body, content_type = self.metrics.render(
+            accept.decode("latin-1") if accept is not None else None
+        )
+        return HTTPResponse(
+            status=200,
+            headers=(("Content-Type", content_type), _NO_STORE),
+            body=body,
+        )
