@@ -447,7 +447,7 @@ def micro_section(results: Results) -> list[str]:
     out = [
         "### Password verification and the request path (no server)",
         "",
-        "In the benchmark's own process, nothing else running: each figure is the "
+        "In the benchmark's own process, no server running: each figure is the "
         "median of 7 loops of about 0.2 s. The password file is the scenarios' "
         f"(`{results.password_hash}...`).",
         "",
