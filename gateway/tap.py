@@ -61,11 +61,13 @@ from gateway.config import (
 from gateway.core import Gateway
 from gateway.embedded import EmbeddedBrokerService
 from gateway.interfaces import IPublisher
+from gateway.limits import RateLimiter
 from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
+from gateway.shutdown import DrainHTTP, StopInOrder
 from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
@@ -372,7 +374,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config = options.config
-    root = MultiService()
+    # Stopped last-added first, one after another: listeners, then the drain of
+    # requests in flight, then the broker sessions.
+    root = StopInOrder()
     if config.embedded_broker:
         address = config.mqtt.brokers[0]
         embedded = EmbeddedBrokerService(address.host, address.port, reactor=reactor)
@@ -402,7 +406,13 @@ def makeService(options: Options) -> IService:
         allow_anonymous=anonymous,
         check_passwords=config.auth.mode == "gateway",
     )
-    core = Gateway(publisher, authenticator, reactor, options.acl)
+    core = Gateway(
+        publisher,
+        authenticator,
+        reactor,
+        options.acl,
+        limiter=RateLimiter(config.limits),
+    )
     access_log = AccessLog(config.log.access, reactor) if config.log.access else None
     if access_log is not None:
         reactor.addSystemEventTrigger("after", "shutdown", access_log.close)
@@ -423,6 +433,7 @@ def makeService(options: Options) -> IService:
         clock=reactor,
     )
     _ExitCleanlyOnSIGTERM(reactor).setServiceParent(root)
+    DrainHTTP([factory], timeout=config.mqtt.publish_timeout + 1).setServiceParent(root)
     for description in config.http.listen:
         Listener(
             description, serverFromString(reactor, description), factory
@@ -454,7 +465,7 @@ def makeService(options: Options) -> IService:
         authenticator=authenticator,
         gateway=core,
         tls=tls,
-        apply_limits=None,
+        apply_limits=lambda limits: setattr(core, "limiter", RateLimiter(limits)),
         access_log=access_log,
     )
     ReloadOnSIGHUP(reloader.reload, reactor).setServiceParent(root)

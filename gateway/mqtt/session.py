@@ -412,13 +412,10 @@ class BrokerSession(Service):
             d.callback(error)
 
     def _say(self, level: LogLevel, format: str, **kw: object) -> None:
-        # A session per sender (reconnect=False) would fill the log with routine.
-        self._log.emit(
-            level if self.reconnect else LogLevel.debug,
-            format,
-            client_id=self.settings.client_id,
-            **kw,
-        )
+        # Sessions per sender (reconnect=False) come and go with every HTTP/1.0
+        # request; their outcome is in the HTTP answer and the access log.
+        if self.reconnect:
+            self._log.emit(level, format, client_id=self.settings.client_id, **kw)
 
     # -- connecting
 

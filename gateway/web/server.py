@@ -44,6 +44,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ISSLTransport,
+    ITCPTransport,
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -439,6 +440,11 @@ class HTTPServerProtocol(Protocol):
         assert transport is not None
         self._transport = transport
         self._connected = True
+        # Responses are written whole: Nagle's algorithm would hold a small one
+        # back until the client acknowledges what came before (on a new TLS
+        # connection, the session tickets), which costs a delayed ACK (~40 ms).
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
         self.peer = _format_peer(transport.getPeer())
         self._tls = ISSLTransport.providedBy(transport)
         self._now = self._last_activity = self._clock.seconds()
