@@ -4,8 +4,9 @@ it, or the broker behind it, can take (SPEC sections 7 and 8).
 
 wrk (closed loop, one request outstanding per connection) drives many
 connections against the daemon (C{twistd -y}, assembled by L{gateway.tap}) in
-four situations:
+five situations:
 
+  - C{no limits}: a fast Mosquitto, no rate limit (the baseline);
   - C{rate-limit}: C{[limits] rate = 1000} (SPEC's default) in front of a fast
     Mosquitto: everything over the rate must get a quick 429;
   - C{slow-broker}: the broker's acknowledgements pass a proxy that lets through
@@ -384,6 +385,7 @@ def run_row(row: Row, broker_port: int, seconds: float, work: Path) -> Result:
 
 
 ROWS = [
+    *(Row("no limits", c) for c in (256, 1024)),
     *(Row("rate-limit", c, rate=1000) for c in (16, 128, 1024)),
     *(Row("slow-broker", c, broker_rate=200) for c in (16, 128, 512, 2048)),
     *(
@@ -469,11 +471,13 @@ def report(results: Sequence[Result], seconds: float) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""# Overload: offered load against what is accepted
 
-Measured by `python -m bench.overload` ({when}; {os.cpu_count()} CPUs,
-{platform.python_implementation()} {platform.python_version()}, wrk closed loop:
-one request outstanding per connection, {seconds:g} s per row, a fresh daemon per
-row). The gateway runs on CPU 0; wrk, Mosquitto and the proxy on CPU 1.
+Measured by `python -m bench.overload` on {when}: {os.cpu_count()} CPUs,
+{platform.python_implementation()} {platform.python_version()}, wrk in a closed
+loop (one request outstanding per connection), {seconds:g} s per row, a fresh
+daemon per row. The gateway runs on CPU 0; wrk, Mosquitto and the proxy on
+CPU 1.
 
+- **no limits**: a fast Mosquitto, no rate limit: the baseline.
 - **rate-limit**: `[limits] rate = 1000, burst = 1000` (SPEC's default), a fast
   Mosquitto behind.
 - **slow-broker**: the broker's acknowledgements pass a proxy that lets 200

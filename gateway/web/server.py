@@ -195,6 +195,9 @@ class HTTPServerFactory(Factory):
     @ivar draining: whether L{drain} was called.
     """
 
+    # The listener logs one line of its own; this would add two per port.
+    noisy = False
+
     def __init__(
         self,
         handler: RequestHandler,
