@@ -72,6 +72,7 @@ from gateway.limits import RateLimiter
 from gateway.tap import Options, makeService
 from gateway.web.server import HTTPServerFactory
 
+max_connections = {max_connections!r}
 options = Options()
 options.parseOptions({args!r})
 root = makeService(options)
@@ -81,8 +82,8 @@ for child in root:
         core = factory.handler.topics.core
         if core.limiter is None and options.config.limits.rate:
             core.limiter = RateLimiter(options.config.limits)
-        if {max_connections!r} is not None:
-            factory.max_connections = {max_connections!r}
+        if max_connections is not None:
+            factory.max_connections = max_connections
 session = root.getServiceNamed("mqtt-session")
 if {unbounded!r}:
     session.max_queue_delay = float("inf")
