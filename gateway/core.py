@@ -13,12 +13,13 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from gateway.auth.identify import Authenticator, Claim
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Identity, Message, Proof, PublishResult
 
 
 class TopicPolicy(Protocol):
@@ -96,6 +97,16 @@ class Gateway:
         try:
             self.authorize(identity, message)
             self.limit(identity)
-            return self.publisher.publish(message, identity)
+            sent = self.publisher.publish(message, identity)
         except GatewayError as e:
             return fail(e)
+        if identity.proof is Proof.PASSWORD and not self.authenticator.check_passwords:
+            sent.addErrback(self._count_refused_password, identity)
+        return sent
+
+    def _count_refused_password(self, failure: Failure, identity: Identity) -> Failure:
+        # Broker mode: the broker checked the password; its refusals count against
+        # the sender's address like the gateway's own.
+        if isinstance(failure.value, GatewayError) and failure.value.status == 401:
+            self.authenticator.record_failure(identity.peer, self._clock.seconds())
+        return failure

@@ -88,7 +88,7 @@ def make_api(
     clock.advance(now)
     core = Gateway(
         publisher,
-        Authenticator(None, allow_anonymous=False),
+        Authenticator(None, allow_anonymous=False, failures=failures),
         clock,
         acl,
         limiter=limiter,
@@ -98,7 +98,7 @@ def make_api(
         access_keys={KEY_ID: SECRET},
         payload_encoding=payload_encoding,
     )
-    api = AliyunAPI(core, config, clock, max_payload=max_payload, failures=failures)
+    api = AliyunAPI(core, config, clock, max_payload=max_payload)
     return api, publisher, clock
 
 

@@ -128,3 +128,33 @@ class AuthenticatorTests(SynchronousTestCase):
         auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
         identity = auth.authenticate(Claim(basic=("bob", b"pw")), 0)
         self.assertEqual((identity.username, identity.password), ("bob", b"pw"))
+
+
+class BrokerModeFailureTests(SynchronousTestCase):
+    def test_broker_refusals_count(self) -> None:
+        """In broker mode the broker's 401s count as failed authentications of the
+        sender's address: after five, the gateway answers 429 itself."""
+        from twisted.internet.defer import Deferred, fail
+        from twisted.internet.task import Clock
+
+        from gateway.core import Gateway
+        from gateway.model import Message
+
+        class Refusing:
+            connected = True
+
+            def publish(self, message: Message, identity: Identity) -> Deferred[None]:
+                return fail(GatewayError(Code.Unauthorized, "bad password"))
+
+            def connection_closed(self, connection_id: str) -> None:
+                pass
+
+        auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
+        core = Gateway(Refusing(), auth, Clock())  # type: ignore[arg-type]
+        claim = Claim(basic=("bob", b"guess"), peer="10.0.0.5:1")
+        for _ in range(5):
+            d = core.publish(core.identify(claim), Message("t", b""))
+            self.failureResultOf(d, GatewayError)
+        with self.assertRaises(GatewayError) as e:
+            core.identify(claim)
+        self.assertEqual(e.exception.status, 429)

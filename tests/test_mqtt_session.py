@@ -456,3 +456,50 @@ class KeepAliveTests(SessionTestCase):
         self.assertFalse(broker.transport.disconnecting)
         self.clock.advance(5)
         self.assertTrue(broker.transport.disconnecting)
+
+
+class ClosingConnectionTests(SessionTestCase):
+    def test_nothing_answered_while_closing(self) -> None:
+        """Once the connection is closing, a QoS 0 message is not answered 200
+        (nothing was written): it waits for the next session."""
+        session = self.start()
+        broker = self.connected()
+        broker.protocol.disconnect()
+        broker.received()
+        self.assertFalse(session.connected)
+        d = self.publish(qos=0)
+        self.assertNoResult(d)
+        self.assertEqual(broker.received(), [])
+
+    def test_stuck_broker_cut_off(self) -> None:
+        """A broker that does not let a DISCONNECTed connection close is cut off
+        after a grace period, so shutdown cannot hang on it."""
+        self.start()
+        broker = self.connected()
+        aborted: list[bool] = []
+        broker.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        broker.protocol.disconnect()
+        self.clock.advance(5)
+        self.assertEqual(aborted, [True])
+
+    def test_resume_at_another_level(self) -> None:
+        """A reconnect that falls back to MQTT 3.1.1 resends unacknowledged
+        messages in 3.1.1 form (no user properties); one carrying the sender's own
+        MQTT 5 properties fails with UnsupportedProperty."""
+        self.start()
+        broker = self.connected()
+        plain = self.publish()
+        fancy = self.publish(content_type="text/plain")
+        broker.received()
+        broker.drop()
+        self.clock.advance(1)
+        FakeBroker(self.endpoints[0]).drop()  # MQTT 5 refused: fall back
+        again = FakeBroker(self.endpoints[0])
+        self.assertEqual(again.connect.protocol_level, 4)
+        again.accept(session_present=True)
+        self.assertEqual(
+            again.received(), [codec.Publish("t", b"p", qos=1, dup=True, packet_id=1)]
+        )
+        self.assertFailsWith(fancy, 400, Code.UnsupportedProperty)
+        again.send(codec.PubAck(1))
+        self.successResultOf(plain)

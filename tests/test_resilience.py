@@ -80,6 +80,34 @@ class QueueBoundTests(SessionTestCase):
         self.clock.advance(0.01)
         self.assertFailsWith(self.publish(), 503, Code.BrokerUnavailable)
 
+    def test_cold_burst(self) -> None:
+        """A burst taken before the drain rate is known: messages whose turn
+        comes after max_queue_delay are refused then (503) rather than sent, so
+        no accepted message waits longer."""
+        self.start(max_queue_delay=2.0)
+        broker = self.connected(receive_maximum=1)
+        burst = [self.publish() for _ in range(100)]
+        answered: dict[int, tuple[float, bool]] = {}
+        for n, d in enumerate(burst):
+
+            def note(result: object, n: int = n) -> None:
+                answered[n] = (self.clock.seconds(), not isinstance(result, Failure))
+                if isinstance(result, Failure):
+                    result.trap(GatewayError)
+
+            d.addBoth(note)
+        for _ in range(30):
+            for packet in broker.received():
+                assert isinstance(packet, codec.Publish)
+                self.clock.advance(0.125)
+                broker.send(codec.PubAck(packet.packet_id or 0))
+        self.assertEqual(len(answered), 100)
+        ok = [when for when, success in answered.values() if success]
+        refused = [when for when, success in answered.values() if not success]
+        # the 17th is sent at 2.0 s, after waiting exactly max_queue_delay
+        self.assertEqual((len(ok), max(ok)), (17, 2.125))
+        self.assertEqual(set(refused), {2.125})
+
     def test_slow_broker_latency_bounded(self) -> None:
         """
         Offered ten times what the broker takes (100 messages/s against 10/s) for

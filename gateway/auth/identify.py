@@ -75,8 +75,11 @@ def parse_basic(header: bytes | None) -> tuple[str, bytes] | None:
         user, colon, password = decoded.partition(b":")
         if not colon:
             raise ValueError
-        return user.decode("utf-8"), password
-    except (binascii.Error, ValueError):
+        name = user.decode("utf-8")
+        if "\x00" in name or len(user) > 65535:
+            raise ValueError
+        return name, password
+    except (binascii.Error, ValueError):  # UnicodeDecodeError too
         raise unauthorized("malformed Basic credentials") from None
 
 
@@ -111,7 +114,9 @@ class Authenticator:
         self.allow_anonymous = allow_anonymous
         self.check_passwords = check_passwords
         # Five failed attempts at once, then one every 10 s, per source address.
-        self.failures = failures or KeyedBuckets(rate=0.1, burst=5)
+        self.failures = (
+            KeyedBuckets(rate=0.1, burst=5) if failures is None else failures
+        )
 
     def authenticate(self, claim: Claim, now: float) -> Identity:
         """
@@ -146,20 +151,34 @@ class Authenticator:
                 )
         return claim.identity(client_id=cn, username=cn, proof=Proof.CERTIFICATE)
 
+    def guard(self, peer: str, now: float) -> None:
+        """
+        Refuse an address that has failed to authenticate too often.
+
+        @raise GatewayError: 429 with the wait until its next attempt.
+        """
+        wait = self.failures.wait(_host(peer), now)
+        if wait:
+            raise GatewayError(
+                Code.RateLimited,
+                "too many failed authentications from this address",
+                retry_after=retry_after(wait),
+            )
+
+    def record_failure(self, peer: str, now: float) -> None:
+        """Count a failed authentication from C{peer}'s address."""
+        self.failures.take(_host(peer), now)
+
     def _password(self, claim: Claim, now: float) -> Identity:
         assert claim.basic is not None
         basic_user, password = claim.basic
         user = claim.username if claim.username is not None else basic_user
-        address = _host(claim.peer)
-        if self.check_passwords:
-            wait = self.failures.wait(address, now)
-            if wait:
-                raise GatewayError(
-                    Code.RateLimited,
-                    "too many failed authentications from this address",
-                    retry_after=retry_after(wait),
-                )
-            if self.passwords is None or not self.passwords.verify(user, password):
-                self.failures.take(address, now)
-                raise unauthorized("wrong user name or password")
+        # In broker mode the broker checks the password; its refusals are counted
+        # by the core (see Gateway.publish).
+        self.guard(claim.peer, now)
+        if self.check_passwords and (
+            self.passwords is None or not self.passwords.verify(user, password)
+        ):
+            self.record_failure(claim.peer, now)
+            raise unauthorized("wrong user name or password")
         return claim.identity(username=user, proof=Proof.PASSWORD, password=password)

@@ -102,7 +102,7 @@ class Connect:
     clean_start: bool = True
     keepalive: int = 60
     username: str | None = None
-    password: bytes | None = None
+    password: bytes | None = attrs.field(default=None, repr=False)
     will: Will | None = None
     properties: Properties = NO_PROPERTIES
 

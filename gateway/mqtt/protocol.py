@@ -48,6 +48,9 @@ class ConnectFailed(Exception):
 # 0x84 Unsupported Protocol Version.
 _UNSUPPORTED_PROTOCOL = {0x01, 0x84}
 
+# Seconds a cleanly closing connection may take before it is cut.
+_DISCONNECT_GRACE = 5.0
+
 
 class IPacketListener(TypingProtocol):
     """What a connected L{MQTTClientProtocol} tells its owner."""
@@ -92,6 +95,8 @@ class MQTTClientProtocol(Protocol):
         self._last_received = 0.0
         self._ping_outstanding = False
         self._closed = False
+        self._lost = False
+        self._cut: IDelayedCall | None = None
 
     # -- the owner's side
 
@@ -118,6 +123,14 @@ class MQTTClientProtocol(Protocol):
         if not self._closed:
             self.send(codec.Disconnect())
             self._close()
+            # A broker that stopped reading would keep the connection (and a
+            # shutdown waiting for it) open for ever.
+            self._cut = self._clock.callLater(_DISCONNECT_GRACE, self._abort_if_open)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closing or closed: nothing more is sent."""
+        return self._closed
 
     # -- Twisted's side
 
@@ -143,6 +156,9 @@ class MQTTClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell whoever waits that the connection is gone."""
         self._closed = True
+        self._lost = True
+        if self._cut is not None and self._cut.active():
+            self._cut.cancel()
         self._cancel_timer()
         if not self.handshake.called:
             self.handshake.errback(
@@ -155,6 +171,12 @@ class MQTTClientProtocol(Protocol):
             self._listener.connection_lost(self, reason)
 
     # -- internals
+
+    def _abort_if_open(self) -> None:
+        self._cut = None
+        if not self._lost:
+            transport: Any = self.transport
+            transport.abortConnection()
 
     def _dispatch(self, packet: codec.Packet) -> None:
         if not self.handshake.called:

@@ -49,6 +49,8 @@ from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
 
+_NOT_KEEPING_UP = "the broker is not keeping up"
+
 # PUBCOMP 0x92 (Packet Identifier not found) after our PUBREL: the broker had the
 # message (it sent PUBREC) and has since finished with it.
 _PACKET_ID_NOT_FOUND = 0x92
@@ -208,8 +210,13 @@ class BrokerSession(Service):
     which it drains while backlogged (L{DrainRate}), or the time the message at
     its head has waited already. The broker (or the way to it) is then slower
     than the traffic, and the message is refused at once (503, C{Retry-After:
-    1}) rather than accepted to wait for the publish timeout. That keeps the
-    latency of accepted messages near C{max_queue_delay} under any overload.
+    1}) rather than accepted to wait for the publish timeout. A message that
+    was taken all the same (before the drain rate was known, or just before the
+    broker slowed down) and has waited longer than C{max_queue_delay} when its
+    turn comes is refused then (503) rather than sent: no message waits in the
+    queue longer than that, so accepted messages are answered within
+    C{max_queue_delay} plus the broker's own acknowledgement time under any
+    overload.
     """
 
     _log = Logger()
@@ -286,7 +293,7 @@ class BrokerSession(Service):
     @property
     def connected(self) -> bool:
         """C{True} while a broker session is up."""
-        return self._protocol is not None
+        return self._protocol is not None and not self._protocol.closed
 
     @property
     def protocol_level(self) -> int | None:
@@ -372,7 +379,7 @@ class BrokerSession(Service):
         if wait > self.max_queue_delay:
             if math.isinf(wait):
                 return "the broker is not taking messages"
-            return f"the broker is not keeping up (messages wait {wait:.1f} s)"
+            return f"{_NOT_KEEPING_UP} (messages wait {wait:.1f} s)"
         return None
 
     # -- service
@@ -647,10 +654,12 @@ class BrokerSession(Service):
 
     def _send_queued(self) -> None:
         protocol = self._protocol
-        if protocol is None:
+        # A closing connection writes nothing: QoS 0 messages must wait too.
+        if protocol is None or protocol.closed:
             return
         window = min(self._limits.receive_maximum, self.max_inflight)
         queue = self._queue
+        stale = self._clock.seconds() - self.max_queue_delay
         while queue and protocol is self._protocol:
             pending = queue[0]
             qos = pending.message.qos
@@ -658,9 +667,14 @@ class BrokerSession(Service):
                 return
             queue.popleft()
             self._queued_bytes -= len(pending.message.payload)
-            self._drain.departed()
             if not pending.waiting:
                 continue
+            if pending.queued_at < stale:
+                # Admitted before the slowness showed: it would be answered far
+                # later than the bound promises. Not sent yet, so safe to refuse.
+                pending.fail(broker_unavailable(_NOT_KEEPING_UP))
+                continue
+            self._drain.departed()
             try:
                 self._check_limits(pending.message)
                 packet = publish_packet(
@@ -720,8 +734,20 @@ class BrokerSession(Service):
         After a reconnect: send unacknowledged messages again, DUP when the broker
         kept the session, as new messages when it did not.
         """
+        level = self._protocol.protocol_level if self._protocol else None
         for packet_id, pending in list(self._inflight.items()):
             assert pending.packet is not None
+            if level is not None and not pending.released:
+                try:
+                    # The session may now speak another protocol level.
+                    pending.packet = attrs.evolve(
+                        publish_packet(pending, level, packet_id),
+                        dup=pending.packet.dup,
+                    )
+                except GatewayError as e:
+                    del self._inflight[packet_id]
+                    pending.fail(e)
+                    continue
             if pending.released:
                 if session_present:
                     self._send(codec.PubRel(packet_id))

@@ -40,7 +40,6 @@ from gateway.auth.aliyun_signature import (
 from gateway.config import AliyunConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
-from gateway.limits import KeyedBuckets, retry_after
 from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 
@@ -326,11 +325,6 @@ def error_response(error: GatewayError, log: AccessLogFields) -> HTTPResponse:
     return _json(status, body, headers, log)
 
 
-def _host(peer: str) -> str:
-    host, _, _ = peer.rpartition(":")
-    return host or peer
-
-
 class AliyunAPI:
     """
     The adapter of API 2: request in, response out, the core in between.
@@ -339,9 +333,6 @@ class AliyunAPI:
     @ivar config: the C{[aliyun]} settings: the InstanceId served, the AccessKeys,
         the Payload's encoding.
     @ivar verifier: checks signatures, times and nonces.
-    @ivar failures: failed authentications per source address (shared with
-        API 1's Basic authentication by default): five at once, then one per
-        10 s, beyond that 429.
     @ivar max_payload: the largest MQTT payload accepted, or C{None}.
     """
 
@@ -353,12 +344,10 @@ class AliyunAPI:
         *,
         max_payload: int | None = None,
         verifier: Verifier | None = None,
-        failures: KeyedBuckets | None = None,
     ) -> None:
         self.core = core
         self.config = config
         self.verifier = Verifier(config.access_keys) if verifier is None else verifier
-        self.failures = core.authenticator.failures if failures is None else failures
         self.max_payload = max_payload
         self._clock = clock
 
@@ -428,19 +417,13 @@ class AliyunAPI:
         @raise GatewayError: 429 while that address has failed too often.
         """
         now = self._clock.seconds()
-        address = _host(peer)
-        wait = self.failures.wait(address, now)
-        if wait:
-            raise GatewayError(
-                Code.RateLimited,
-                "too many failed authentications from this address",
-                retry_after=retry_after(wait),
-            )
+        guard = self.core.authenticator
+        guard.guard(peer, now)
         try:
             return self.verifier.verify(request, now)
         except SignatureError as e:
             if e.failed_authentication:
-                self.failures.take(address, now)
+                guard.record_failure(peer, now)
             raise
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
