@@ -397,6 +397,11 @@ ROWS = [
 ]
 
 
+def ms(value: float) -> str:
+    """Milliseconds for the table: one decimal, a dash for none."""
+    return "-" if math.isnan(value) else f"{value:,.1f}"
+
+
 def table(results: Sequence[Result]) -> str:
     """The results as a markdown table."""
     lines = [
@@ -405,14 +410,13 @@ def table(results: Sequence[Result]) -> str:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
-        accepted = (
-            f"{percentile(r.accepted_ms, 50):.1f} / {percentile(r.accepted_ms, 99):.1f}"
-        )
+        accepted = f"{ms(percentile(r.accepted_ms, 50))} / "
+        accepted += ms(percentile(r.accepted_ms, 99))
         lines.append(
             f"| {r.row.scenario} | {r.row.connections} | {r.answered_per_s:,.0f} "
             f"| {r.per_s(200):,.0f} | {r.per_s(429):,.0f} | {r.per_s(503):,.0f} "
-            f"| {accepted} | {percentile(r.refused_ms, 99):.1f} "
-            f"| {r.wrk_p99_ms:.1f} | {r.peak_rss_mib:.0f} |"
+            f"| {accepted} | {ms(percentile(r.refused_ms, 99))} "
+            f"| {ms(r.wrk_p99_ms)} | {r.peak_rss_mib:.0f} |"
         )
     return "\n".join(lines)
 

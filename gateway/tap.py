@@ -304,6 +304,7 @@ class _ExitCleanlyOnSIGTERM(Service):
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._previous: Any = None
+        self._stopping = False
 
     def startService(self) -> None:
         super().startService()
@@ -324,6 +325,9 @@ class _ExitCleanlyOnSIGTERM(Service):
             )
 
     def _stop(self) -> None:
+        if self._stopping:
+            return  # a second SIGTERM while draining changes nothing
+        self._stopping = True
         log.info("Received SIGTERM, shutting down.")
         self._reactor.stop()
 
