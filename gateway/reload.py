@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gateway.auth.acl import ACL
@@ -31,6 +30,7 @@ from gateway.auth.certs import TLSConfigError, load_server_options
 from gateway.auth.files import AuthFileError
 from gateway.auth.passwords import PasswordFile
 from gateway.config import Config, ConfigError, LimitsConfig, TLSConfig, load
+from gateway.signals import OnSignal
 
 __all__ = ["ReloadOnSIGHUP", "ReloadReport", "Reloader", "command_line_loader"]
 
@@ -362,7 +362,7 @@ def _restart_needed(running: Config, new: Config) -> list[str]:
     return changed
 
 
-class ReloadOnSIGHUP(Service):
+class ReloadOnSIGHUP(OnSignal):
     """
     Calls C{reload} in the reactor thread whenever the process gets SIGHUP, while
     the service runs.
@@ -374,29 +374,8 @@ class ReloadOnSIGHUP(Service):
         @param reactor: the running reactor (C{callWhenRunning},
             C{callFromThread}).
         """
+        super().__init__(signal.SIGHUP, self.reload, reactor)
         self._reload = reload
-        self._reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        """Install the handler once the reactor runs."""
-        super().startService()
-        # After the reactor's own signal handlers are in place.
-        self._reactor.callWhenRunning(self._install)
-
-    def stopService(self) -> None:
-        """Put the previous handler back."""
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-
-    def _install(self) -> None:
-        if self.running:
-            self._previous = signal.signal(
-                signal.SIGHUP,
-                lambda *_: self._reactor.callFromThread(self.reload),
-            )
 
     def reload(self) -> None:
         """Reload now (what SIGHUP does)."""

@@ -68,6 +68,7 @@ from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
 from gateway.shutdown import DrainHTTP, StopInOrder
+from gateway.signals import OnSignal
 from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
@@ -295,34 +296,15 @@ class _StartFirst(Service):
         return self.broker.stopService()
 
 
-class _ExitCleanlyOnSIGTERM(Service):
+class _ExitCleanlyOnSIGTERM(OnSignal):
     """
     Makes SIGTERM (systemd's stop) a clean shutdown with exit status 0: twistd's own
     handler would end the process by re-raising the signal once the reactor stopped.
     """
 
     def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-        self._previous: Any = None
+        super().__init__(signal.SIGTERM, self._stop, reactor)
         self._stopping = False
-
-    def startService(self) -> None:
-        super().startService()
-        # After the reactor's own handlers are in place.
-        self._reactor.callWhenRunning(self._install)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-    def _install(self) -> None:
-        if self.running:
-            self._previous = signal.signal(
-                signal.SIGTERM,
-                lambda *_: self._reactor.callFromThread(self._stop),
-            )
 
     def _stop(self) -> None:
         if self._stopping:

