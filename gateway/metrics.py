@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import __version__
+from gateway.clock import default_clock
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
@@ -185,11 +186,7 @@ class GatewayMetrics(Service):
         @param process_metrics: whether to include prometheus-client's
             C{process_*} series (CPU, memory, open files of this process).
         """
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor  # type: ignore[assignment]
-        assert clock is not None
+        clock = default_clock(clock)
         self._clock = clock
         self.poll_interval = poll_interval
         self.registry = CollectorRegistry(auto_describe=False)

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.clock import default_clock
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 
@@ -165,11 +166,7 @@ class SystemdNotifier(Service):
             C{WATCHDOG_PID} are read (by default C{os.environ}).
         @param status_interval: seconds between checks of the broker connection.
         """
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor  # type: ignore[assignment]
-        assert clock is not None
+        clock = default_clock(clock)
         self._clock = clock
         self.publisher = publisher
         self.notifier = Notifier.from_environment(environ)

@@ -39,7 +39,7 @@ from typing import TypeAlias
 
 import attrs
 
-from gateway.auth.files import AuthFileError
+from gateway.auth.files import AuthFileError, read_text
 
 # What C isspace() counts as blank; str.strip() would also strip Unicode spaces.
 _BLANKS = " \t\n\v\f\r"
@@ -225,16 +225,7 @@ class ACL:
 
         @raise ACLFileError: if it cannot be read, is not UTF-8, or does not parse.
         """
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ACLFileError(path, None, f"cannot read: {e.strerror}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data.count(b"\n", 0, e.start) + 1
-            raise ACLFileError(path, line, "not UTF-8") from None
+        text = read_text(path, ACLFileError)
         return cls.parse(text, path)
 
     def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:

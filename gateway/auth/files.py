@@ -1,5 +1,5 @@
 """
-The error of a password or ACL file that cannot be used.
+Reading password and ACL files, and the error of one that cannot be used.
 """
 
 from __future__ import annotations
@@ -22,3 +22,22 @@ class AuthFileError(Exception):
         self.name = name
         self.line = line
         self.reason = reason
+
+
+def read_text(path: str, error: type[AuthFileError]) -> str:
+    """
+    The UTF-8 text of the file at C{path}.
+
+    @raise AuthFileError: of type C{error}, naming C{path} (and the line of the
+        first byte that is not UTF-8).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise error(path, None, f"cannot read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(path, line, "not UTF-8") from None

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from gateway.auth.files import AuthFileError
+from gateway.auth.files import AuthFileError, read_text
 
 # What C isspace() counts as blank; str.strip() would also strip Unicode spaces.
 _BLANKS = " \t\n\v\f\r"
@@ -184,16 +184,7 @@ class PasswordFile:
         @raise PasswordFileError: if it cannot be read, is not UTF-8, or does not
             parse.
         """
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise PasswordFileError(path, None, f"cannot read: {e.strerror}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data.count(b"\n", 0, e.start) + 1
-            raise PasswordFileError(path, line, "not UTF-8") from None
+        text = read_text(path, PasswordFileError)
         return cls.parse(text, path, cache)
 
     def __contains__(self, user: str) -> bool:

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError, broker_unavailable
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
@@ -104,11 +105,7 @@ class PassthroughPublisher(Service):
         """
         if not brokers:
             raise ValueError("at least one broker is needed")
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor  # type: ignore[assignment]
-        assert clock is not None
+        clock = default_clock(clock)
         self.brokers = tuple(brokers)
         self.protocol = protocol
         self.keepalive = keepalive

@@ -37,6 +37,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from gateway.clock import default_clock
 from gateway.errors import (
     Code,
     GatewayError,
@@ -245,11 +246,7 @@ class BrokerSession(Service):
         """
         if not brokers:
             raise ValueError("at least one broker is needed")
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor  # type: ignore[assignment]
-        assert clock is not None
+        clock = default_clock(clock)
         self.brokers = tuple(brokers)
         self.settings = settings
         self.publish_timeout = publish_timeout

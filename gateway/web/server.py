@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError
 from gateway.web.messages import HTTPRequest, HTTPResponse
 
@@ -233,10 +234,7 @@ class HTTPServerFactory(Factory):
         @param clock: the time source and scheduler; the global reactor if
             C{None}.
         """
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast(IReactorTime, reactor)
+        clock = default_clock(clock)
         self.handler = handler
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
