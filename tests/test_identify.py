@@ -49,6 +49,19 @@ class ParseBasicTests(SynchronousTestCase):
             self.assertEqual(e.exception.status, 401)
             self.assertIn(("WWW-Authenticate", REALM), e.exception.response_headers())
 
+    def test_user_name_not_an_mqtt_string(self) -> None:
+        """A Basic user name a strict broker would disconnect on (it travels as
+        the http-username property, or in broker mode's CONNECT) is a 400 naming
+        the username."""
+        for user in ("a\x00b", "a\x01b", "a\x7fb", "a\ufffeb", "x" * 65536):
+            header = b"Basic " + base64.b64encode(user.encode() + b":pw")
+            with self.assertRaises(GatewayError) as e:
+                parse_basic(header)
+            self.assertEqual(
+                (e.exception.status, e.exception.code, e.exception.parameter),
+                (400, Code.InvalidParameter, "username"),
+            )
+
 
 class AuthenticatorTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -110,6 +123,9 @@ class AuthenticatorTests(SynchronousTestCase):
         )
         self.refused(Claim(certificate_cn="device-42", client_id="device-43"), 403)
         self.refused(Claim(certificate_cn="device-42", username="root"), 403)
+        # A CN a strict broker would refuse as a client id.
+        error = self.refused(Claim(certificate_cn="device\x0a42"), 400)
+        self.assertEqual(error.parameter, "client_id")
 
     def test_failed_attempts_limited(self) -> None:
         """After five failures from one address, even right credentials get 429

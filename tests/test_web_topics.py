@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,6 +22,7 @@ from gateway.model import Identity, Message, PublishResult
 from gateway.web.messages import HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI, parse_publish, parse_topic
+from tests.strategies import mqtt_text
 
 
 def request(
@@ -98,12 +98,38 @@ class ParseTopicTests(SynchronousTestCase):
         """A topic of exactly 65535 bytes is fine."""
         self.assertEqual(len(parse_topic(b"/topics/" + b"x" * 65535)), 65535)
 
-    @given(st.text(min_size=1).filter(lambda t: not set(t) & {"+", "#", "\x00"}))
+    def test_strict_broker_strings(self) -> None:
+        """
+        Control characters, non-characters and topics deeper than 200 levels
+        (which Mosquitto disconnects on) are 400 InvalidTopic naming the topic.
+        """
+        for path in (
+            b"/topics/home/a%01b",
+            b"/topics/a%1Fb",
+            b"/topics/a%7Fb",
+            b"/topics/a%C2%85b",  # U+0085
+            b"/topics/a%C2%9Fb",  # U+009F
+            b"/topics/a%EF%BF%BF",  # U+FFFF
+            b"/topics/a%EF%B7%90",  # U+FDD0
+            b"/topics/a%F4%8F%BF%BE",  # U+10FFFE
+            b"/topics/" + b"/".join([b"x"] * 201),
+        ):
+            with self.assertRaises(GatewayError, msg=path) as e:
+                parse_topic(path)
+            self.assertEqual(
+                (e.exception.status, e.exception.code, e.exception.parameter),
+                (400, Code.InvalidTopic, "topic"),
+            )
+        self.assertEqual(
+            parse_topic(b"/topics/" + b"/".join([b"x"] * 200)).count("/"), 199
+        )
+
+    @given(mqtt_text(min_size=1).filter(lambda t: not set(t) & {"+", "#"}))
     def test_round_trip(self, topic: str) -> None:
         """Any valid topic percent-encoded in the path comes back unchanged."""
         from urllib.parse import quote
 
-        if len(topic.encode()) <= 65535:
+        if len(topic.encode()) <= 65535 and topic.count("/") < 200:
             self.assertEqual(
                 parse_topic(b"/topics/" + quote(topic, safe="").encode()), topic
             )
@@ -201,12 +227,35 @@ class ParsePublishTests(SynchronousTestCase):
             (b"qos=1&QoS=1", Code.InvalidParameter, "QoS"),
             (b"ContentType=%FF", Code.InvalidParameter, "ContentType"),
             (b"ContentType=a%00", Code.InvalidParameter, "ContentType"),
+            # Strings strict brokers disconnect on (control and non-characters).
+            (b"ContentType=text%0a", Code.InvalidParameter, "ContentType"),
+            (b"client_id=dev%01", Code.InvalidParameter, "client_id"),
+            (b"username=u%C2%85", Code.InvalidParameter, "username"),
+            (b"ResponseTopic=r%EF%BF%BE", Code.InvalidParameter, "ResponseTopic"),
+            (
+                b"UserProp.1.Key=k&UserProp.1.Value=v%7f",
+                Code.InvalidParameter,
+                "UserProp.1.Value",
+            ),
+            (
+                b"UserProp.1.Key=k%1b&UserProp.1.Value=v",
+                Code.InvalidParameter,
+                "UserProp.1.Key",
+            ),
         ]
         for query, code, name in cases:
             with self.assertRaises(GatewayError, msg=query) as e:
                 parse_publish(request(b"/topics/t?" + query))
             self.assertEqual((e.exception.status, e.exception.code), (400, code), query)
             self.assertIn(name, e.exception.message, query)
+            self.assertEqual(e.exception.parameter, name, query)
+
+    def test_correlation_data_is_binary(self) -> None:
+        """CorrelationData is binary: control bytes are fine, 65535 bytes at most."""
+        asked = parse_publish(request(b"/topics/t?CorrelationData=%01%7f"))
+        self.assertEqual(asked.message.correlation_data, b"\x01\x7f")
+        with self.assertRaises(GatewayError):
+            parse_publish(request(b"/topics/t?CorrelationData=" + b"x" * 65536))
 
     def test_payload_format_needs_utf8(self) -> None:
         """PayloadFormatIndicator=1 with a body that is not UTF-8 is a 400."""

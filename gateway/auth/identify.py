@@ -15,6 +15,7 @@ import attrs
 from gateway.errors import Code, GatewayError
 from gateway.limits import KeyedBuckets, retry_after
 from gateway.model import Identity, Proof
+from gateway.mqtt.strings import string_problem
 
 
 class PasswordChecker(Protocol):
@@ -76,11 +77,24 @@ def parse_basic(header: bytes | None) -> tuple[str, bytes] | None:
         if not colon:
             raise ValueError
         name = user.decode("utf-8")
-        if "\x00" in name or len(user) > 65535:
-            raise ValueError
-        return name, password
     except (binascii.Error, ValueError):  # UnicodeDecodeError too
         raise unauthorized("malformed Basic credentials") from None
+    _check_string("username", "the Basic user name", name)
+    return name, password
+
+
+def _check_string(parameter: str, what: str, text: str) -> None:
+    """
+    Refuse an identity string that cannot travel as an MQTT string (it becomes
+    a user property, or the CONNECT of broker mode).
+
+    @raise GatewayError: 400 C{InvalidParameter} naming C{parameter}.
+    """
+    problem = string_problem(text)
+    if problem is not None:
+        raise GatewayError(
+            Code.InvalidParameter, f"{what} {problem}", parameter=parameter
+        )
 
 
 def unauthorized(message: str) -> GatewayError:
@@ -139,6 +153,7 @@ class Authenticator:
     def _certificate(self, claim: Claim) -> Identity:
         cn = claim.certificate_cn
         assert cn is not None
+        _check_string("client_id", "the certificate's CN", cn)
         for name, value in (
             ("client_id", claim.client_id),
             ("username", claim.username),

@@ -41,6 +41,7 @@ from gateway.config import AliyunConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
 from gateway.model import Identity, Message, Proof, PublishResult
+from gateway.mqtt.strings import MAX_STRING_BYTES, topic_problem
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 
 #: The path the API is served on.
@@ -50,7 +51,6 @@ VERSION = "2020-04-20"
 #: What C{SendMessage} implies for the MQTT message (no parameters say otherwise).
 QOS = 1
 RETAIN = False
-MAX_TOPIC = 65535
 _METHODS = ("GET", "POST")
 _JSON = "application/json;charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
@@ -210,14 +210,10 @@ def parse_send_message(
     instance_id = _utf8("InstanceId", _required(params, "InstanceId"))
     if not instance_id:
         raise invalid("InstanceId", "InstanceId must not be empty")
-    raw_topic = _required(params, "MqttTopic")
-    topic = _utf8("MqttTopic", raw_topic)
-    if not topic:
-        raise invalid("MqttTopic", "MqttTopic must not be empty")
-    if "+" in topic or "#" in topic:
-        raise invalid("MqttTopic", "a topic to publish to cannot contain '+' or '#'")
-    if len(raw_topic) > MAX_TOPIC:
-        raise invalid("MqttTopic", "MqttTopic is longer than 65535 bytes")
+    topic = _utf8("MqttTopic", _required(params, "MqttTopic"))
+    problem = topic_problem(topic)
+    if problem is not None:
+        raise invalid("MqttTopic", f"MqttTopic {problem}")
     payload = _required(params, "Payload")
     if payload_encoding == "base64":
         try:
@@ -436,4 +432,4 @@ def max_target_bytes(max_payload: int) -> int:
     The longest request target that can carry a C{SendMessage} whose Payload and
     MqttTopic are as long as allowed, every byte percent-encoded (C{%XX}).
     """
-    return 3 * (max_payload + MAX_TOPIC) + 4096
+    return 3 * (max_payload + MAX_STRING_BYTES) + 4096

@@ -22,10 +22,10 @@ from gateway.auth.identify import Claim, parse_basic
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
 from gateway.model import Message, PublishResult
+from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 
 TOPICS_PREFIX = b"/topics/"
-MAX_STRING = 65535
 MAX_U32 = 4294967295
 _JSON = (("Content-Type", "application/json"),)
 
@@ -53,34 +53,24 @@ def _decode(raw: bytes, what: str, code: Code = Code.InvalidParameter) -> str:
         text = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         raise _invalid(what, "not UTF-8", code) from None
-    if "\x00" in text:
-        raise _invalid(what, "contains U+0000", code)
     return text
 
 
 def parse_topic(path: bytes) -> str:
     """
-    The topic named by a C{/topics/...} path: percent-decoded UTF-8, not empty, no
-    wildcards, no U+0000, at most 65535 bytes.
+    The topic named by a C{/topics/...} path: percent-decoded UTF-8 that
+    L{topic_problem} accepts (not empty, no wildcards, no control characters or
+    non-characters, at most 65535 bytes and 200 levels).
 
     @raise GatewayError: C{InvalidTopic}.
     """
-    raw = path[len(TOPICS_PREFIX) :]
     try:
-        topic_bytes = unquote_to_bytes(raw)
-        topic = topic_bytes.decode("utf-8")
+        topic = unquote_to_bytes(path[len(TOPICS_PREFIX) :]).decode("utf-8")
     except UnicodeDecodeError:
         raise GatewayError(Code.InvalidTopic, "the topic is not valid UTF-8") from None
-    if not topic:
-        raise GatewayError(Code.InvalidTopic, "the topic is empty")
-    if "+" in topic or "#" in topic:
-        raise GatewayError(
-            Code.InvalidTopic, "a topic to publish to cannot contain '+' or '#'"
-        )
-    if "\x00" in topic:
-        raise GatewayError(Code.InvalidTopic, "the topic contains U+0000")
-    if len(topic_bytes) > MAX_STRING:
-        raise GatewayError(Code.InvalidTopic, "the topic is longer than 65535 bytes")
+    problem = topic_problem(topic)
+    if problem is not None:
+        raise GatewayError(Code.InvalidTopic, f"the topic {problem}", parameter="topic")
     return topic
 
 
@@ -108,9 +98,17 @@ def parse_query(query: bytes) -> dict[str, tuple[str, str]]:
 
 
 def _string(name: str, value: str) -> str:
-    if len(value.encode("utf-8")) > MAX_STRING:
-        raise _invalid(name, "longer than 65535 bytes")
+    problem = string_problem(value)
+    if problem is not None:
+        raise _invalid(name, problem)
     return value
+
+
+def _binary(name: str, value: str) -> bytes:
+    data = value.encode()
+    if len(data) > MAX_STRING_BYTES:
+        raise _invalid(name, f"longer than {MAX_STRING_BYTES} bytes")
+    return data
 
 
 def _qos(name: str, value: str) -> int:
@@ -156,7 +154,7 @@ _PARAMETERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "client_id": ("client_id", _client_id),
     "username": ("username", _string),
     "responsetopic": ("response_topic", _response_topic),
-    "correlationdata": ("correlation_data", lambda n, v: _string(n, v).encode()),
+    "correlationdata": ("correlation_data", _binary),
     "contenttype": ("content_type", _string),
     "payloadformatindicator": (
         "payload_format_indicator",
