@@ -38,6 +38,7 @@ from gateway.mqtt.codec import (
     Will,
     encode,
 )
+from tests.strategies import mqtt_text
 
 LEVELS = (MQTT_3_1_1, MQTT_5)
 
@@ -102,15 +103,8 @@ DISCONNECT_PROPERTIES = (
     "user_properties",
 )
 
-texts = st.text(
-    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
-    max_size=12,
-)
-topics = st.text(
-    st.characters(exclude_categories=["Cs"], exclude_characters="\x00+#"),
-    min_size=1,
-    max_size=12,
-)
+texts = mqtt_text(max_size=12)
+topics = mqtt_text(min_size=1, max_size=12).filter(lambda t: not set(t) & {"+", "#"})
 blobs = st.binary(max_size=24)
 flags = st.integers(0, 1)
 u16 = st.integers(0, 65535)

@@ -109,6 +109,14 @@ class SessionTestCase(SynchronousTestCase):
         self.publisher = SharedPublisher(session)
         return session
 
+    def message(self, **kw: Any) -> Message:
+        kw.setdefault("topic", "t")
+        kw.setdefault("payload", b"p")
+        return Message(**kw)
+
+    def identity(self) -> Identity:
+        return ME
+
     def publish(self, qos: int = 1, **kw: Any) -> Deferred[PublishResult]:
         d = self.publisher.publish(Message(topic="t", payload=b"p", qos=qos, **kw), ME)
         self.requests.append(d)
@@ -166,11 +174,21 @@ class HandshakeTests(SessionTestCase):
 
     def test_fallback_when_closed(self) -> None:
         """A broker that closes the connection on an MQTT 5 CONNECT is asked again
-        at once in MQTT 3.1.1; MQTT 5 properties are then refused, not dropped."""
+        at once in MQTT 3.1.1 (first with a clean session, then with one it
+        keeps); MQTT 5 properties are then refused, not dropped."""
         session = self.start()
         FakeBroker(self.endpoints[0]).drop()
+        wipe = FakeBroker(self.endpoints[0])
+        self.assertEqual(
+            (wipe.connect.protocol_level, wipe.connect.clean_start), (4, True)
+        )
+        wipe.accept()
+        self.assertEqual(wipe.received(), [codec.Disconnect()])
+        wipe.drop()
         broker = FakeBroker(self.endpoints[0])
-        self.assertEqual(broker.connect.protocol_level, 4)
+        self.assertEqual(
+            (broker.connect.protocol_level, broker.connect.clean_start), (4, False)
+        )
         broker.accept()
         self.assertEqual(session.protocol_level, 4)
         plain = self.publish()
@@ -181,14 +199,59 @@ class HandshakeTests(SessionTestCase):
         broker.send(codec.PubAck(1))
         self.assertEqual(self.successResultOf(plain).reason_code, 0)
 
-    def test_fallback_when_silent(self) -> None:
-        """A broker that never answers an MQTT 5 CONNECT (amqtt) is asked in
-        MQTT 3.1.1 after the CONNACK timeout."""
+    def test_silent_broker_found_by_probe(self) -> None:
+        """A broker silent to an MQTT 5 CONNECT (amqtt) but answering a 3.1.1 probe
+        within half a second is used in 3.1.1 at once, and remembered."""
+        session = self.start()
+        silent = FakeBroker(self.endpoints[0])
+        self.clock.advance(0.5)
+        probe = FakeBroker(self.endpoints[0])
+        self.assertEqual(
+            (probe.connect.protocol_level, probe.connect.client_id), (4, "gw-probe")
+        )
+        probe.accept()
+        self.assertEqual(probe.received(), [codec.Disconnect()])
+        self.assertTrue(silent.transport.disconnecting)
+        wipe = FakeBroker(self.endpoints[0])
+        wipe.accept()
+        wipe.drop()
+        broker = FakeBroker(self.endpoints[0])
+        broker.accept()
+        self.assertEqual(session.protocol_level, 4)
+        self.assertEqual(self.clock.seconds(), 0.5)
+        # A later reconnect goes straight to 3.1.1.
+        broker.drop()
+        self.clock.advance(1)
+        self.assertEqual(FakeBroker(self.endpoints[0]).connect.protocol_level, 4)
+
+    def test_stalled_broker_keeps_mqtt5(self) -> None:
+        """A broker silent to MQTT 5 and to the 3.1.1 probe is stalled, not a 3.1.1
+        broker: the attempt fails and the next one asks in MQTT 5 again."""
         self.start()
         first = FakeBroker(self.endpoints[0])
-        self.clock.advance(5)
+        self.clock.advance(0.5)
+        probe = FakeBroker(self.endpoints[0])
+        self.clock.advance(4.5)
         self.assertTrue(first.transport.disconnecting)
-        self.assertEqual(FakeBroker(self.endpoints[0]).connect.protocol_level, 4)
+        self.assertTrue(probe.transport.disconnecting)
+        self.assertEqual(len(self.endpoints[0].attempts), 2)
+        self.clock.advance(2)
+        self.assertEqual(FakeBroker(self.endpoints[1]).connect.protocol_level, 5)
+
+    def test_tls_failure_is_no_fallback(self) -> None:
+        """A TLS failure before CONNACK is reported as such and does not make the
+        session fall back to 3.1.1."""
+        from OpenSSL import SSL
+
+        self.start()
+        broker = FakeBroker(self.endpoints[0])
+        broker.transport.loseConnection()
+        broker.protocol.connectionLost(
+            Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+        )
+        self.assertEqual(len(self.endpoints[0].attempts), 1)
+        self.clock.advance(2)
+        self.assertEqual(FakeBroker(self.endpoints[1]).connect.protocol_level, 5)
 
     def test_fallback_on_311_connack(self) -> None:
         """A 3.1.1 broker's refusal (return code 1) leads to a 3.1.1 CONNECT."""
@@ -244,15 +307,19 @@ class DeliveryTests(SessionTestCase):
         self.successResultOf(d)
 
     def test_qos0(self) -> None:
-        """QoS 0 answers once written to a connected session."""
+        """QoS 0 answers once the broker has read it: the PINGREQ written after it
+        is answered."""
         self.start()
         d = self.publish(qos=0)
         self.assertNoResult(d)
         broker = self.connected()
-        self.successResultOf(d)
-        [packet] = broker.received()
+        packet, ping = broker.received()
         assert isinstance(packet, codec.Publish)
         self.assertEqual((packet.qos, packet.packet_id), (0, None))
+        self.assertEqual(ping, codec.PingReq())
+        self.assertNoResult(d)
+        broker.send(codec.PingResp())
+        self.successResultOf(d)
 
     def test_reason_codes(self) -> None:
         """Broker refusals map to HTTP statuses (SPEC 7)."""
@@ -353,7 +420,8 @@ class LimitTests(SessionTestCase):
 class ReconnectTests(SessionTestCase):
     def test_retransmit_with_dup(self) -> None:
         """After a reconnect to a kept session, unacknowledged QoS 1 messages are
-        sent again with DUP, a released QoS 2 message gets its PUBREL again."""
+        sent again with DUP, a released QoS 2 message gets its PUBREL again; new
+        messages follow once the resent ones are confirmed."""
         session = self.start()
         broker = self.connected()
         one = self.publish()
@@ -369,10 +437,10 @@ class ReconnectTests(SessionTestCase):
         again = FakeBroker(self.endpoints[0])
         self.assertFalse(again.connect.clean_start)
         again.accept(session_present=True)
-        packets = again.received()
         self.assertEqual(
-            packets[:2],
+            again.received(),
             [
+                codec.PubRel(2),
                 codec.Publish(
                     "t",
                     b"p",
@@ -381,26 +449,34 @@ class ReconnectTests(SessionTestCase):
                     packet_id=1,
                     properties=codec.Properties(user_properties=SENDER),
                 ),
-                codec.PubRel(2),
             ],
         )
-        again.send(codec.PubAck(1), codec.PubComp(2), codec.PubAck(3))
+        again.send(codec.PubAck(1), codec.PubComp(2))
+        [packet] = again.received()
+        assert isinstance(packet, codec.Publish)
+        self.assertEqual((packet.packet_id, packet.dup), (3, False))
+        again.send(codec.PubAck(3))
         for d in (one, two, three):
             self.successResultOf(d)
 
     def test_new_session_resends_as_new(self) -> None:
-        """When the broker lost the session, unacknowledged messages go out again
-        as new messages (no DUP) and a released QoS 2 message counts as taken."""
+        """When the broker lost the session, an unacknowledged QoS 1 message goes
+        out again as a new message (no DUP); QoS 2 messages, before or after
+        PUBREC, fail with 503: the broker may or may not have delivered them, and
+        a 200 must mean delivered exactly once."""
         self.start()
         broker = self.connected()
         one = self.publish()
         two = self.publish(qos=2)
+        three = self.publish(qos=2)
         broker.received()
         broker.send(codec.PubRec(2))
         broker.drop()
         self.clock.advance(1)
         again = self.connected(session_present=False)
-        self.successResultOf(two)
+        for d in (two, three):
+            error = self.assertFailsWith(d, 503, Code.BrokerUnavailable)
+            self.assertIn("lost the session", error.message)
         [packet] = again.received()
         assert isinstance(packet, codec.Publish)
         self.assertEqual((packet.packet_id, packet.dup), (1, False))

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from gateway.mqtt.strings import string_problem
+
 MQTT_3_1_1 = 4
 MQTT_5 = 5
 
@@ -204,9 +206,11 @@ def _binary(value: bytes) -> bytes:
 
 
 def _string(value: str) -> bytes:
-    data = value.encode()  # UnicodeEncodeError, a ValueError, for lone surrogates
-    if len(data) > 65535 or "\x00" in value:
-        raise ValueError("MQTT strings are 65535 bytes at most, without U+0000.")
+    # Strict brokers close the connection on such a string: never write one.
+    problem = string_problem(value)
+    if problem is not None:
+        raise ValueError(f"The MQTT string {value[:40]!r}... {problem}.")
+    data = value.encode()
     return _U16.pack(len(data)) + data
 
 

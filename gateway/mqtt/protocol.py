@@ -10,9 +10,11 @@ with L{gateway.mqtt.codec} and hands acknowledgements to its L{IPacketListener}.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -28,9 +30,13 @@ class ConnectFailed(Exception):
 
     @ivar reason_code: the CONNACK reason (or 3.1.1 return) code when the broker
         refused, else C{None}.
-    @ivar refused_protocol: C{True} when the broker's answer (or its silence, or its
-        closing the connection) suggests it does not speak the requested protocol
-        level.
+    @ivar refused_protocol: C{True} when the broker's answer (or its closing the
+        connection) suggests it does not speak the requested protocol level.
+    @ivar definitive: C{True} when the broker said so in its answer (a CONNACK
+        refusing the protocol version, or a CONNACK of the other level), rather
+        than by closing the connection, which may be transient.
+    @ivar silent: C{True} when no CONNACK came within the timeout.
+    @ivar protocol_level: the level of the CONNECT that failed.
     """
 
     def __init__(
@@ -38,10 +44,17 @@ class ConnectFailed(Exception):
         message: str,
         reason_code: int | None = None,
         refused_protocol: bool = False,
+        *,
+        definitive: bool = False,
+        silent: bool = False,
+        protocol_level: int = codec.MQTT_5,
     ) -> None:
         super().__init__(message)
+        self.protocol_level = protocol_level
         self.reason_code = reason_code
         self.refused_protocol = refused_protocol
+        self.definitive = definitive
+        self.silent = silent
 
 
 # CONNACK codes that mean "not this protocol level": 3.1.1's return code 1 and MQTT 5's
@@ -50,6 +63,47 @@ _UNSUPPORTED_PROTOCOL = {0x01, 0x84}
 
 # Seconds a cleanly closing connection may take before it is cut.
 _DISCONNECT_GRACE = 5.0
+
+
+def _closed_before_connack(reason: Failure, level: int) -> ConnectFailed:
+    """
+    Why a connection ended before its CONNACK: a TLS failure (a certificate the
+    CA does not vouch for, a wrong server name) is said as such, and is no sign
+    of the broker's protocol level; a plain close is.
+    """
+    if reason.check(SSL.Error):
+        return ConnectFailed(f"TLS failed: {_tls_reason(reason.value)}")
+    return ConnectFailed(
+        "the broker closed the connection before CONNACK",
+        refused_protocol=level == codec.MQTT_5,
+    )
+
+
+def _tls_reason(error: BaseException | None) -> str:
+    # pyOpenSSL errors carry [(library, function, reason), ...].
+    details = error.args[0] if error is not None and error.args else None
+    if isinstance(details, list) and details and isinstance(details[0], tuple):
+        return "; ".join(str(entry[-1]) for entry in details)
+    return str(error) or type(error).__name__
+
+
+def _unreadable_connack(message: str, data: bytes, level: int) -> ConnectFailed:
+    """
+    The broker's first answer did not parse. A 3.1.1 broker answers an MQTT 5
+    CONNECT with a 3.1.1 CONNACK (C{20 02 flags code}), which does not parse as
+    MQTT 5: said as what it is.
+    """
+    if level == codec.MQTT_5 and len(data) >= 4 and data[:2] == b"\x20\x02":
+        code = data[3]
+        return ConnectFailed(
+            f"the broker answered in MQTT 3.1.1 (CONNACK return code {code}): "
+            "it does not speak MQTT 5",
+            refused_protocol=True,
+            definitive=True,
+        )
+    return ConnectFailed(
+        f"unreadable CONNACK: {message}", refused_protocol=level == codec.MQTT_5
+    )
 
 
 class IPacketListener(TypingProtocol):
@@ -85,6 +139,8 @@ class MQTTClientProtocol(Protocol):
         self.connect = connect
         self.protocol_level = connect.protocol_level
         self.handshake: Deferred[codec.Connack] = Deferred(lambda _: self._close())
+        #: The broker's CONNACK, once the session is up.
+        self.connack = codec.Connack()
         self._clock = clock
         self._connack_timeout = connack_timeout
         self._decoder = codec.Decoder(self.protocol_level)
@@ -93,7 +149,9 @@ class MQTTClientProtocol(Protocol):
         self._keepalive = connect.keepalive
         self._last_sent = 0.0
         self._last_received = 0.0
-        self._ping_outstanding = False
+        # One entry per PINGREQ not yet answered, in order: a barrier's waiter,
+        # or None for a keep-alive ping.
+        self._pings: deque[Deferred[None] | None] = deque()
         self._closed = False
         self._lost = False
         self._cut: IDelayedCall | None = None
@@ -110,11 +168,31 @@ class MQTTClientProtocol(Protocol):
         """
         Write C{packet} to the broker (nothing when the connection is closing).
         """
+        self.write(codec.encode(packet, self.protocol_level))
+
+    def write(self, data: bytes) -> None:
+        """
+        Write packets already encoded at this connection's level (nothing when
+        the connection is closing).
+        """
         if self._closed:
             return
         assert self.transport is not None
-        self.transport.write(codec.encode(packet, self.protocol_level))
+        self.transport.write(data)
         self._last_sent = self._clock.seconds()
+
+    def barrier(self) -> Deferred[None]:
+        """
+        Send a PINGREQ; fires when its PINGRESP arrives, which proves that the
+        broker read every packet written before it without closing the
+        connection (a broker handles a connection's packets in order). Never
+        fires when the connection ends first.
+        """
+        waiter: Deferred[None] = Deferred()
+        if not self._closed:
+            self.send(codec.PingReq())
+            self._pings.append(waiter)
+        return waiter
 
     def disconnect(self) -> None:
         """
@@ -146,7 +224,7 @@ class MQTTClientProtocol(Protocol):
         try:
             packets = self._decoder.feed(data)
         except codec.MalformedPacket as e:
-            self._protocol_error(str(e), e.reason_code)
+            self._protocol_error(str(e), e.reason_code, data)
             return
         for packet in packets:
             if self._closed:
@@ -161,12 +239,7 @@ class MQTTClientProtocol(Protocol):
             self._cut.cancel()
         self._cancel_timer()
         if not self.handshake.called:
-            self.handshake.errback(
-                ConnectFailed(
-                    "the broker closed the connection before CONNACK",
-                    refused_protocol=self.protocol_level == codec.MQTT_5,
-                )
-            )
+            self.handshake.errback(_closed_before_connack(reason, self.protocol_level))
         elif self._listener is not None:
             self._listener.connection_lost(self, reason)
 
@@ -182,7 +255,10 @@ class MQTTClientProtocol(Protocol):
         if not self.handshake.called:
             self._handshake_answer(packet)
         elif isinstance(packet, codec.PingResp):
-            self._ping_outstanding = False
+            if self._pings:
+                waiter = self._pings.popleft()
+                if waiter is not None:
+                    waiter.callback(None)
         elif isinstance(packet, codec.Connack):
             self._protocol_error("a second CONNACK", 0x82)
         elif self._listener is not None:
@@ -200,12 +276,15 @@ class MQTTClientProtocol(Protocol):
                     f"(code 0x{packet.reason_code:02X})",
                     reason_code=packet.reason_code,
                     refused_protocol=packet.reason_code in _UNSUPPORTED_PROTOCOL,
+                    definitive=packet.reason_code in _UNSUPPORTED_PROTOCOL,
+                    protocol_level=self.protocol_level,
                 )
             )
             return
         if packet.properties.server_keep_alive is not None:
             self._keepalive = packet.properties.server_keep_alive
         self._schedule_keepalive()
+        self.connack = packet
         self.handshake.callback(packet)
 
     def _fail_handshake(self, failure: ConnectFailed) -> None:
@@ -219,18 +298,16 @@ class MQTTClientProtocol(Protocol):
             ConnectFailed(
                 f"no CONNACK within {self._connack_timeout:g} s",
                 refused_protocol=self.protocol_level == codec.MQTT_5,
+                silent=True,
             )
         )
 
-    def _protocol_error(self, message: str, reason_code: int) -> None:
+    def _protocol_error(
+        self, message: str, reason_code: int, data: bytes = b""
+    ) -> None:
         if not self.handshake.called:
-            # A 3.1.1 broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK, which
-            # does not parse as MQTT 5.
             self._fail_handshake(
-                ConnectFailed(
-                    f"unreadable CONNACK: {message}",
-                    refused_protocol=self.protocol_level == codec.MQTT_5,
-                )
+                _unreadable_connack(message, data, self.protocol_level)
             )
             return
         self._log.warn(
@@ -252,16 +329,13 @@ class MQTTClientProtocol(Protocol):
         """
         self._timer = None
         now = self._clock.seconds()
-        if (
-            self._ping_outstanding
-            and now - self._last_received >= 1.5 * self._keepalive
-        ):
+        if self._pings and now - self._last_received >= 1.5 * self._keepalive:
             self._log.warn("Broker did not answer PINGREQ; closing the connection")
             self._close(abort=True)
             return
-        if now - self._last_sent >= self._keepalive / 2 and not self._ping_outstanding:
+        if now - self._last_sent >= self._keepalive / 2 and not self._pings:
             self.send(codec.PingReq())
-            self._ping_outstanding = True
+            self._pings.append(None)
         self._schedule_keepalive()
 
     def _cancel_timer(self) -> None:

@@ -2,14 +2,33 @@
 """
 A broker session that survives its connections.
 
-L{BrokerSession} keeps one MQTT session to the first broker of a list that answers,
-reconnects with exponential back-off and jitter, falls back from MQTT 5 to 3.1.1 when
-asked to, and owns the in-flight window: messages beyond the broker's Receive
-Maximum wait in a queue bounded in length, in bytes and in waiting time (a broker
-slower than the traffic gets 503s at once rather than a queue that makes every
-request wait for the publish timeout), unacknowledged QoS 1/2 messages are sent
-again (DUP) after a reconnect, and every caller hears back within the publish
-timeout.
+L{BrokerSession} keeps one MQTT session to the first broker of a list that answers
+(L{gateway.mqtt.connector} makes each connection), reconnects with exponential
+back-off and jitter, and owns the in-flight window: messages beyond the broker's
+Receive Maximum wait in a queue bounded in length, in bytes and in waiting time (a
+broker slower than the traffic gets 503s at once rather than a queue that makes
+every request wait for the publish timeout), and every caller hears back within
+the publish timeout.
+
+What a 200 promises holds across connection losses:
+
+ - Unacknowledged QoS 1/2 messages are sent again after a reconnect, DUP when
+   the broker kept the session. When the broker lost the session, a QoS 1
+   message goes out again as new, but a QoS 2 message fails (503): the broker
+   may or may not have delivered it, and only a kept session can tell.
+ - A QoS 0 message is answered once the broker has read it: a PINGREQ follows it
+   and the PINGRESP proves that the broker read everything before it.
+ - No packet can wedge the session. After a connection loss, the messages that
+   were on the wire unconfirmed are suspects: they are sent again in smaller and
+   smaller groups (half as many at each further loss), nothing new meanwhile. A
+   message on the wire alone at a loss it has been part of twice (a QoS 0 one:
+   once, as it is never sent again) is the packet the broker closes the
+   connection on: it fails (the broker's DISCONNECT reason when it gave one; 413
+   when it is larger than anything the broker ever took, and larger ones are
+   then refused at once; else 502) and is never sent again.
+ - A broker that answers a QoS 2 PUBLISH with PUBACK (QoS 1 only) is not taken
+   to have delivered exactly once: that message gets 400 C{InvalidQoS}, and
+   later QoS 2 messages are refused as by an MQTT 5 Maximum QoS of 1.
 
 Made with C{reconnect=False} it is one sender's session in broker mode: a single
 connection (the next broker tried only while none answers), whose refusal or loss
@@ -21,19 +40,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -48,7 +61,10 @@ from gateway.errors import (
 from gateway.limits import DrainRate
 from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
+from gateway.mqtt.connector import Broker, SessionSettings, connect
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
+
+__all__ = ["Broker", "BrokerLimits", "BrokerSession", "SessionSettings"]
 
 _NOT_KEEPING_UP = "the broker is not keeping up"
 
@@ -58,43 +74,10 @@ _PACKET_ID_NOT_FOUND = 0x92
 
 
 @attrs.frozen
-class Broker:
-    """
-    A broker to connect to.
-
-    @ivar name: how logs name it (its URI).
-    @ivar endpoint: how to reach it (TCP, or TLS with the server name verified).
-    """
-
-    name: str
-    endpoint: IStreamClientEndpoint
-
-
-@attrs.frozen
-class SessionSettings:
-    """
-    The MQTT side of a session.
-
-    @ivar protocol: C{"5"}, C{"3.1.1"} or C{"auto"} (5, and 3.1.1 for a broker that
-        refuses 5, closes the connection or stays silent).
-    @ivar session_expiry: seconds the broker keeps the MQTT 5 session after a
-        connection loss, so that unacknowledged messages can be resumed; C{0} (sent
-        as no Session Expiry Interval) ends it with the connection.
-    """
-
-    client_id: str
-    username: str | None = None
-    password: bytes | None = attrs.field(default=None, repr=False)
-    protocol: str = "auto"
-    keepalive: int = 60
-    session_expiry: int = 300
-    connack_timeout: float = 5.0
-
-
-@attrs.frozen
 class BrokerLimits:
     """
-    What the broker's CONNACK allows (MQTT 5; 3.1.1 brokers announce nothing).
+    What the broker allows: what its MQTT 5 CONNACK announces (3.1.1 brokers
+    announce nothing), narrowed by what the session has seen it do.
     """
 
     receive_maximum: int = 65535
@@ -113,6 +96,28 @@ class BrokerLimits:
             retain_available=p.retain_available != 0,
         )
 
+    def narrowed(self, learned: _Learned) -> BrokerLimits:
+        """These limits, with what the broker showed by its behaviour."""
+        size = self.maximum_packet_size
+        if learned.packet_size is not None:
+            size = (
+                learned.packet_size if size is None else min(size, learned.packet_size)
+            )
+        return attrs.evolve(
+            self,
+            maximum_packet_size=size,
+            maximum_qos=min(self.maximum_qos, learned.qos),
+        )
+
+
+@attrs.define
+class _Learned:
+    """What one broker showed of itself, kept across connections."""
+
+    qos: int = 2  # the highest QoS it honours (RabbitMQ: 1)
+    packet_size: int | None = None  # it closed the connection on a larger packet
+    largest_taken: int = 0  # the largest packet it confirmed
+
 
 @attrs.define(eq=False)
 class _Pending:
@@ -125,7 +130,10 @@ class _Pending:
     timer: IDelayedCall | None = None
     queued_at: float = 0.0
     packet: codec.Publish | None = None
+    data: bytes = b""  # the packet, encoded at the connection's level
     released: bool = False  # QoS 2: PUBREC received, PUBREL sent
+    on_wire: bool = False  # sent on the current connection, not yet confirmed
+    strikes: int = 0  # connection losses it was on the wire unconfirmed for
 
     @property
     def waiting(self) -> bool:
@@ -183,16 +191,19 @@ def publish_packet(
     )
 
 
-class _ProtocolFactory(Factory):
-    noisy = False
+def _encode(packet: codec.Publish, level: int) -> bytes:
+    """
+    The packet's bytes.
 
-    def __init__(self, build: Callable[[], MQTTClientProtocol]) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: IAddress | None) -> MQTTClientProtocol:
-        protocol = self._build()
-        protocol.factory = self
-        return protocol
+    @raise GatewayError: 400 C{InvalidParameter} for what no broker would take
+        (a string a strict broker disconnects on, a field too long).
+    """
+    try:
+        return codec.encode(packet, level)
+    except ValueError as e:
+        raise GatewayError(
+            Code.InvalidParameter, f"the message cannot be sent over MQTT: {e}"
+        ) from None
 
 
 class BrokerSession(Service):
@@ -200,10 +211,12 @@ class BrokerSession(Service):
     One MQTT session, kept up across connection losses while the service runs.
 
     L{publish} answers every message exactly once: with a L{PublishResult} after the
-    broker's PUBACK (QoS 1), PUBCOMP (QoS 2) or the write to a connected session
-    (QoS 0); or with a L{GatewayError}: 503 when no broker is reachable, the queue is
-    full or no acknowledgement came within C{publish_timeout}, the mapped status for
-    a broker reason code, 400/413 for what the broker's limits forbid.
+    broker's PUBACK (QoS 1), PUBCOMP (QoS 2) or its having read the PUBLISH
+    (QoS 0); or with a L{GatewayError}: 503 when no broker is reachable, the queue
+    is full, no acknowledgement came within C{publish_timeout} or the broker lost
+    the session of a QoS 2 message, the mapped status for a broker reason code,
+    400/413 for what the broker's limits forbid, 400/413/502 for a message the
+    broker closes the connection on.
 
     The queue is full with C{max_queue} messages waiting or in flight, with
     C{max_queue_bytes} of payload queued, or when a new message would wait in it
@@ -212,12 +225,8 @@ class BrokerSession(Service):
     its head has waited already. The broker (or the way to it) is then slower
     than the traffic, and the message is refused at once (503, C{Retry-After:
     1}) rather than accepted to wait for the publish timeout. A message that
-    was taken all the same (before the drain rate was known, or just before the
-    broker slowed down) and has waited longer than C{max_queue_delay} when its
-    turn comes is refused then (503) rather than sent: no message waits in the
-    queue longer than that, so accepted messages are answered within
-    C{max_queue_delay} plus the broker's own acknowledgement time under any
-    overload.
+    was taken all the same and has waited longer than C{max_queue_delay} when its
+    turn comes is refused then (503) rather than sent.
     """
 
     _log = Logger()
@@ -240,32 +249,28 @@ class BrokerSession(Service):
         """
         @param reconnect: C{False} for a session that ends rather than reconnects
             (see L{when_ended}); it logs its routine events at debug level only.
-        @param levels: the protocol level to try first per broker name, updated
-            when a broker turns out to speak only 3.1.1; pass the same dict to many
+        @param levels: the protocol level known per broker name, updated when a
+            broker turns out to speak only 3.1.1; pass the same dict to many
             sessions so that they learn it once.
         """
         if not brokers:
             raise ValueError("at least one broker is needed")
-        clock = default_clock(clock)
         self.brokers = tuple(brokers)
-        self.settings = settings
+        self.settings = (
+            settings if reconnect else attrs.evolve(settings, resumable=False)
+        )
         self.publish_timeout = publish_timeout
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self.max_queue_delay = max_queue_delay
         self.max_inflight = max_inflight
-        self._clock = clock
+        self._clock = default_clock(clock)
         self._retry_policy = retry_policy or backoffPolicy(
             initialDelay=0.25, maxDelay=30.0, factor=2.0
         )
         self.reconnect = reconnect
         self._levels = {} if levels is None else levels
-        for broker in self.brokers:
-            self._levels.setdefault(
-                broker.name,
-                codec.MQTT_3_1_1 if settings.protocol == "3.1.1" else codec.MQTT_5,
-            )
-        self._attempt_level = codec.MQTT_5
+        self._learned = {broker.name: _Learned() for broker in self.brokers}
         self._tried = 0
         self._ended = False
         self._end_reason: GatewayError | None = None
@@ -275,13 +280,17 @@ class BrokerSession(Service):
         self._ever_connected = False
         self._protocol: MQTTClientProtocol | None = None
         self._limits = BrokerLimits()
-        self._connecting: Deferred[None] | None = None
+        self._connecting: Deferred[MQTTClientProtocol] | None = None
         self._retry: IDelayedCall | None = None
         self._retry_at: float | None = None
         self._queue: deque[_Pending] = deque()
         self._queued_bytes = 0
         self._drain = DrainRate()
         self._inflight: dict[int, _Pending] = {}
+        self._unconfirmed: list[_Pending] = []  # QoS 0 sent, not yet read
+        self._covered = 0  # how many of them the PINGREQ in flight confirms
+        self._careful: int | None = None  # suspects on the wire at once, or None
+        self._disconnect_reason: int | None = None
         self._next_packet_id = 1
         self._stopped: Deferred[None] | None = None
 
@@ -426,94 +435,49 @@ class BrokerSession(Service):
     def _attempt(self) -> None:
         self._retry = None
         broker = self.brokers[self._index]
-        connecting = self._connect(broker, self._levels[broker.name])
+        connecting = connect(
+            broker,
+            self.settings,
+            self._clock,
+            levels=self._levels,
+            fresh=not self._ever_connected,
+            say=self._say,
+        )
         self._connecting = connecting
-        connecting.addErrback(self._attempt_failed, broker)
-
-    def _connect(self, broker: Broker, level: int) -> Deferred[None]:
-        settings = self.settings
-        self._attempt_level = level
-        clean = not self._ever_connected
-        connect = codec.Connect(
-            client_id=settings.client_id,
-            protocol_level=level,
-            clean_start=clean,
-            keepalive=settings.keepalive,
-            username=settings.username,
-            password=settings.password,
-            properties=(
-                codec.Properties(session_expiry_interval=settings.session_expiry)
-                if level == codec.MQTT_5 and settings.session_expiry
-                else codec.NO_PROPERTIES
-            ),
+        connecting.addCallbacks(
+            self._session_up,
+            self._attempt_failed,
+            callbackArgs=(broker,),
+            errbackArgs=(broker,),
         )
-        factory = _ProtocolFactory(
-            lambda: MQTTClientProtocol(connect, self._clock, settings.connack_timeout)
-        )
-        d: Deferred[MQTTClientProtocol] = broker.endpoint.connect(factory)  # type: ignore[assignment]
 
-        def handshake(protocol: MQTTClientProtocol) -> Deferred[None]:
-            return protocol.handshake.addCallback(
-                lambda connack: self._session_up(broker, protocol, connack)
-            )
-
-        def fall_back(failure: Failure) -> Deferred[None]:
-            error = failure.value
-            if (
-                isinstance(error, ConnectFailed)
-                and error.refused_protocol
-                and level == codec.MQTT_5
-                and settings.protocol == "auto"
-            ):
-                self._say(
-                    LogLevel.info,
-                    "{broker} does not speak MQTT 5 ({why}); trying MQTT 3.1.1",
-                    broker=broker.name,
-                    why=str(error),
-                )
-                self._levels[broker.name] = codec.MQTT_3_1_1
-
-                def undo(failure: Failure) -> Failure:
-                    # Neither level worked: the broker may just be starting up.
-                    # (A 3.1.1 refusal such as bad credentials shows it speaks 3.1.1.)
-                    refused = failure.value
-                    if not (
-                        isinstance(refused, ConnectFailed)
-                        and refused.reason_code not in (None, 0x01)
-                    ):
-                        self._levels[broker.name] = codec.MQTT_5
-                    return failure
-
-                return self._connect(broker, codec.MQTT_3_1_1).addErrback(undo)
-            failure.raiseException()
-
-        return d.addCallback(handshake).addErrback(fall_back)
-
-    def _session_up(
-        self, broker: Broker, protocol: MQTTClientProtocol, connack: codec.Connack
-    ) -> None:
+    def _session_up(self, protocol: MQTTClientProtocol, broker: Broker) -> None:
         self._connecting = None
         if not self.running:
             protocol.disconnect()
             return
+        connack = protocol.connack
+        resumed = connack.session_present and self._ever_connected
         self._failures = 0
         self._retry_at = None
         self._ever_connected = True
         self._protocol = protocol
-        self._limits = (
+        self._disconnect_reason = None
+        announced = (
             BrokerLimits.from_connack(connack)
             if protocol.protocol_level == codec.MQTT_5
             else BrokerLimits()
         )
+        self._limits = announced.narrowed(self._learned[broker.name])
         protocol.attach(self)
         self._say(
             LogLevel.info,
             "Connected to {broker} (MQTT {version}, session {session})",
             broker=broker.name,
             version="5" if protocol.protocol_level == codec.MQTT_5 else "3.1.1",
-            session="resumed" if connack.session_present else "new",
+            session="resumed" if resumed else "new",
         )
-        self._resume(connack.session_present)
+        self._resume(resumed)
         self._pump()
 
     def _attempt_failed(self, failure: Failure, broker: Broker) -> None:
@@ -545,7 +509,7 @@ class BrokerSession(Service):
         self._tried += 1
         why = failure.value
         if isinstance(why, ConnectFailed) and why.reason_code is not None:
-            error = from_connack_code(why.reason_code, self._attempt_level)
+            error = from_connack_code(why.reason_code, why.protocol_level)
         else:
             error = broker_unavailable("no MQTT broker is reachable")
         self._say(
@@ -580,7 +544,8 @@ class BrokerSession(Service):
     # -- IPacketListener
 
     def connection_lost(self, protocol: MQTTClientProtocol, reason: Failure) -> None:
-        """The session's connection ended: reconnect unless stopping."""
+        """The session's connection ended: find a culprit, reconnect unless
+        stopping."""
         if protocol is not self._protocol:
             return
         self._protocol = None
@@ -596,6 +561,7 @@ class BrokerSession(Service):
             broker=self.brokers[self._index].name,
             why=reason.getErrorMessage(),
         )
+        self._suspect_what_was_on_the_wire()
         if not self.reconnect:
             self._end(broker_unavailable("the connection to the broker was lost"))
             return
@@ -606,13 +572,14 @@ class BrokerSession(Service):
     def packet_received(self, packet: codec.Packet) -> None:
         """An acknowledgement arrived: answer its caller, fill the window."""
         if isinstance(packet, codec.PubAck):
-            self._finish(packet.packet_id, packet.reason_code)
+            self._acknowledged(packet)
         elif isinstance(packet, codec.PubRec):
             self._received(packet)
         elif isinstance(packet, codec.PubComp):
             code = packet.reason_code
             self._finish(packet.packet_id, 0 if code == _PACKET_ID_NOT_FOUND else code)
         elif isinstance(packet, codec.Disconnect):
+            self._disconnect_reason = packet.reason_code
             self._say(
                 LogLevel.warn,
                 "The broker disconnected us (reason 0x{code:02X} {why})",
@@ -622,10 +589,46 @@ class BrokerSession(Service):
         else:
             self._log.debug("Ignoring {packet!r}", packet=packet)
 
+    def _acknowledged(self, packet: codec.PubAck) -> None:
+        pending = self._inflight.get(packet.packet_id)
+        if pending is not None and pending.message.qos == 2:
+            self._qos_downgraded(pending)
+            return
+        self._finish(packet.packet_id, packet.reason_code)
+
+    def _qos_downgraded(self, pending: _Pending) -> None:
+        """The broker answered a QoS 2 PUBLISH with PUBACK: it honours QoS 1
+        at most. The message was taken, but not with the promise asked for."""
+        broker = self.brokers[self._index].name
+        learned = self._learned[broker]
+        if learned.qos > 1:
+            learned.qos = 1
+            self._limits = self._limits.narrowed(learned)
+            self._say(
+                LogLevel.warn,
+                "{broker} answered a QoS 2 message with PUBACK: it offers QoS 1 at"
+                " most; QoS 2 requests are refused from now on",
+                broker=broker,
+            )
+        assert pending.packet is not None and pending.packet.packet_id is not None
+        del self._inflight[pending.packet.packet_id]
+        self._confirmed(pending)
+        pending.fail(
+            GatewayError(
+                Code.InvalidQoS,
+                "the broker took this message at QoS 1 only (it answered PUBACK):"
+                " it offers QoS 1 at most, so exactly-once delivery cannot be"
+                " promised",
+                parameter="qos",
+            )
+        )
+        self._pump()
+
     def _finish(self, packet_id: int, reason_code: int) -> None:
         pending = self._inflight.pop(packet_id, None)
         if pending is None:
             return
+        self._confirmed(pending)
         if reason_code >= 0x80:
             pending.fail(from_reason_code(reason_code))
         else:
@@ -639,14 +642,26 @@ class BrokerSession(Service):
         if packet.reason_code >= 0x80:
             self._finish(packet.packet_id, packet.reason_code)
             return
+        self._confirmed(pending)
         pending.released = True
         self._send(codec.PubRel(packet.packet_id))
+        self._pump()
+
+    def _confirmed(self, pending: _Pending) -> None:
+        """The broker read C{pending}'s PUBLISH without closing the connection."""
+        pending.on_wire = False
+        pending.strikes = 0
+        learned = self._learned[self.brokers[self._index].name]
+        learned.largest_taken = max(learned.largest_taken, len(pending.data))
 
     # -- the window
 
     def _pump(self) -> None:
-        """Send queued messages while there is a session and room in the window."""
-        self._send_queued()
+        """Send what may go now: suspects first, then the queue."""
+        if self._careful is not None:
+            self._send_suspects()
+        if self._careful is None:
+            self._send_queued()
         self._drain.waiting(bool(self._queue), self._clock.seconds())
 
     def _send_queued(self) -> None:
@@ -654,14 +669,16 @@ class BrokerSession(Service):
         # A closing connection writes nothing: QoS 0 messages must wait too.
         if protocol is None or protocol.closed:
             return
+        level = protocol.protocol_level
         window = min(self._limits.receive_maximum, self.max_inflight)
         queue = self._queue
         stale = self._clock.seconds() - self.max_queue_delay
+        unconfirmed: list[_Pending] = []
         while queue and protocol is self._protocol:
             pending = queue[0]
             qos = pending.message.qos
             if qos and len(self._inflight) >= window:
-                return
+                break
             queue.popleft()
             self._queued_bytes -= len(pending.message.payload)
             if not pending.waiting:
@@ -675,22 +692,46 @@ class BrokerSession(Service):
             try:
                 self._check_limits(pending.message)
                 packet = publish_packet(
-                    pending,
-                    protocol.protocol_level,
-                    self._allocate_packet_id() if qos else None,
+                    pending, level, self._allocate_packet_id() if qos else None
                 )
-                self._check_size(packet, protocol.protocol_level)
+                data = _encode(packet, level)
+                self._check_size(data)
             except GatewayError as e:
                 pending.fail(e)
                 continue
-            pending.packet = packet
+            pending.packet, pending.data, pending.on_wire = packet, data, True
             if qos:
                 assert packet.packet_id is not None
                 self._inflight[packet.packet_id] = pending
-                self._send(packet)
             else:
-                self._send(packet)
-                pending.succeed()
+                unconfirmed.append(pending)
+            protocol.write(data)
+        if unconfirmed:
+            self._unconfirmed += unconfirmed
+            self._confirm_qos0()
+
+    def _confirm_qos0(self) -> None:
+        """
+        Follow unconfirmed QoS 0 messages with a PINGREQ; its PINGRESP confirms
+        them. One PINGREQ at a time: messages sent meanwhile wait for the next,
+        so QoS 0 costs one ping per round trip, not one per message.
+        """
+        protocol = self._protocol
+        if self._covered or not self._unconfirmed or protocol is None:
+            return
+        covered = self._covered = len(self._unconfirmed)
+        protocol.barrier().addCallback(lambda _: self._read(protocol, covered))
+
+    def _read(self, protocol: MQTTClientProtocol, count: int) -> None:
+        """The broker read the first C{count} unconfirmed QoS 0 messages."""
+        if protocol is not self._protocol:
+            return
+        done, self._unconfirmed = self._unconfirmed[:count], self._unconfirmed[count:]
+        self._covered = 0
+        for pending in done:
+            self._confirmed(pending)
+            pending.succeed()
+        self._confirm_qos0()
 
     def _check_limits(self, message: Message) -> None:
         limits = self._limits
@@ -707,9 +748,9 @@ class BrokerSession(Service):
                 parameter="retained",
             )
 
-    def _check_size(self, packet: codec.Publish, level: int) -> None:
+    def _check_size(self, data: bytes) -> None:
         limit = self._limits.maximum_packet_size
-        if limit is not None and len(codec.encode(packet, level)) > limit:
+        if limit is not None and len(data) > limit:
             raise GatewayError(
                 Code.PayloadTooLarge,
                 f"the message is larger than the broker's limit of {limit} bytes",
@@ -726,38 +767,126 @@ class BrokerSession(Service):
         if self._protocol is not None:
             self._protocol.send(packet)
 
-    def _resume(self, session_present: bool) -> None:
+    # -- connection loss and resumption
+
+    def _suspect_what_was_on_the_wire(self) -> None:
         """
-        After a reconnect: send unacknowledged messages again, DUP when the broker
-        kept the session, as new messages when it did not.
+        The connection ended with these packets unconfirmed: each gets a strike;
+        a lone one that has had enough strikes is the culprit. Unconfirmed QoS 0
+        messages are never sent again (they may have been delivered).
         """
-        level = self._protocol.protocol_level if self._protocol else None
-        for packet_id, pending in list(self._inflight.items()):
-            assert pending.packet is not None
-            if level is not None and not pending.released:
-                try:
-                    # The session may now speak another protocol level.
-                    pending.packet = attrs.evolve(
-                        publish_packet(pending, level, packet_id),
-                        dup=pending.packet.dup,
+        wire = [p for p in self._inflight.values() if p.on_wire]
+        wire += self._unconfirmed
+        self._unconfirmed, self._covered = [], 0
+        for pending in wire:
+            pending.on_wire = False
+            pending.strikes += 1
+        if len(wire) == 1 and (wire[0].message.qos == 0 or wire[0].strikes >= 2):
+            self._blame(wire.pop())
+        for pending in wire:
+            if pending.message.qos == 0:
+                pending.fail(
+                    broker_unavailable(
+                        "the connection to the broker was lost before it read"
+                        " the message"
                     )
-                except GatewayError as e:
-                    del self._inflight[packet_id]
-                    pending.fail(e)
-                    continue
-            if pending.released:
-                if session_present:
-                    self._send(codec.PubRel(packet_id))
-                else:
-                    # The broker took the message when it sent PUBREC.
-                    del self._inflight[packet_id]
-                    pending.succeed()
-            elif session_present:
-                self._send(attrs.evolve(pending.packet, dup=True))
-            elif pending.waiting:
-                self._send(pending.packet)
-            else:
+                )
+        # Send them again half as many at a time, nothing else meanwhile.
+        suspects = sum(1 for p in wire if p.message.qos)
+        if suspects:
+            self._careful = max(1, suspects // 2)
+
+    def _blame(self, pending: _Pending) -> None:
+        """C{pending} is the packet the broker closes the connection on."""
+        if pending.packet is not None and pending.packet.packet_id is not None:
+            self._inflight.pop(pending.packet.packet_id, None)
+        learned = self._learned[self.brokers[self._index].name]
+        size = len(pending.data)
+        reason = self._disconnect_reason
+        if reason is not None and reason >= 0x80:
+            error = from_reason_code(reason)
+        elif 0 < learned.largest_taken < size:
+            learned.packet_size = size - 1
+            error = GatewayError(
+                Code.PayloadTooLarge,
+                f"the broker closed the connection on this message of {size} bytes,"
+                f" larger than any it has taken ({learned.largest_taken} bytes);"
+                " messages as large are refused from now on",
+            )
+        else:
+            error = GatewayError(
+                Code.BrokerRejected,
+                "the broker closed the connection on this message; it is not sent"
+                " again",
+            )
+        self._say(
+            LogLevel.warn,
+            "The broker closes the connection on message {message_id}"
+            " ({size} bytes, topic {topic!r}); it is dropped: {why}",
+            message_id=pending.message_id,
+            size=size,
+            topic=pending.message.topic,
+            why=error.message,
+        )
+        pending.fail(error)
+
+    def _resume(self, resumed: bool) -> None:
+        """
+        After a reconnect: what the broker kept is completed (PUBREL again),
+        suspects are sent again (DUP when the session was kept); what the broker
+        lost fails unless it can safely go again (QoS 1, as a new message).
+        """
+        protocol = self._protocol
+        assert protocol is not None
+        level = protocol.protocol_level
+        for packet_id, pending in list(self._inflight.items()):
+            qos = pending.message.qos
+            keep = resumed and (pending.waiting or qos == 2)
+            if not resumed and qos == 2 and pending.waiting:
+                pending.fail(
+                    broker_unavailable(
+                        "the broker lost the session with this QoS 2 message: it"
+                        " may or may not have been delivered"
+                    )
+                )
+            if not (keep or (qos == 1 and pending.waiting)):
                 del self._inflight[packet_id]
+                continue
+            if pending.released:
+                self._send(codec.PubRel(packet_id))
+                continue
+            assert pending.packet is not None
+            try:
+                packet = attrs.evolve(
+                    publish_packet(pending, level, packet_id), dup=resumed
+                )
+                pending.packet, pending.data = packet, _encode(packet, level)
+            except GatewayError as e:
+                del self._inflight[packet_id]
+                pending.fail(e)
+        if self._careful is None and any(self._suspects()):
+            self._careful = 1
+
+    def _suspects(self) -> Iterable[_Pending]:
+        """In-flight messages not yet confirmed, not on the wire, in order."""
+        return (p for p in self._inflight.values() if not p.released and not p.on_wire)
+
+    def _send_suspects(self) -> None:
+        """In careful mode: put suspects on the wire, at most C{_careful} at once;
+        back to normal once every one is confirmed."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return
+        assert self._careful is not None
+        on_wire = sum(1 for p in self._inflight.values() if p.on_wire)
+        for pending in self._suspects():
+            if on_wire >= self._careful:
+                return
+            pending.on_wire = True
+            on_wire += 1
+            protocol.write(pending.data)
+        if not on_wire:
+            self._careful = None
 
     def _timed_out(self, pending: _Pending) -> None:
         pending.timer = None
@@ -778,4 +907,6 @@ class BrokerSession(Service):
         for pending in queue:
             pending.fail(error)
         for pending in self._inflight.values():
+            pending.fail(error)
+        for pending in self._unconfirmed:
             pending.fail(error)
