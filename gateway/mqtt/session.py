@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -191,6 +191,17 @@ def publish_packet(
     )
 
 
+def reconnect_delay(attempt: int) -> float:
+    """
+    Seconds to wait before connection attempt C{attempt + 1}: 0.1 s doubling up
+    to 30 s, each spread by half either way so that gateways that lost the same
+    broker do not come back all at once. The first attempt after a loss comes
+    within 0.15 s: a connection the broker closed on one message is back before
+    the next request notices.
+    """
+    return min(0.1 * 2.0**attempt, 30.0) * (0.5 + random.random())
+
+
 def _encode(packet: codec.Publish, level: int) -> bytes:
     """
     The packet's bytes.
@@ -265,9 +276,7 @@ class BrokerSession(Service):
         self.max_queue_delay = max_queue_delay
         self.max_inflight = max_inflight
         self._clock = default_clock(clock)
-        self._retry_policy = retry_policy or backoffPolicy(
-            initialDelay=0.25, maxDelay=30.0, factor=2.0
-        )
+        self._retry_policy = retry_policy or reconnect_delay
         self.reconnect = reconnect
         self._levels = {} if levels is None else levels
         self._learned = {broker.name: _Learned() for broker in self.brokers}
