@@ -112,14 +112,17 @@ def broker_unavailable(message: str, retry_after: int = 1) -> GatewayError:
     return GatewayError(Code.BrokerUnavailable, message, retry_after=retry_after)
 
 
-# MQTT 5 reason codes (PUBACK/PUBREC/PUBCOMP/CONNACK) and what they mean to an HTTP
-# client, SPEC section 7.
+# MQTT 5 reason codes (PUBACK/PUBREC/PUBCOMP, and the DISCONNECT a broker sends
+# before closing on a message) and what they mean to an HTTP client.
 _REASON_CODES: dict[int, tuple[Code, int, str]] = {
+    0x81: (Code.InvalidParameter, 400, "the broker found the message malformed"),
     0x87: (Code.Forbidden, 403, "the broker did not authorize this publish"),
     0x90: (Code.InvalidTopic, 400, "the broker refused the topic name"),
     0x99: (Code.InvalidParameter, 400, "the broker refused the payload format"),
     0x95: (Code.PayloadTooLarge, 413, "the broker refused the packet as too large"),
     0x97: (Code.RateLimited, 429, "the broker's quota is exceeded"),
+    0x9A: (Code.InvalidRetained, 400, "the broker does not take retained messages"),
+    0x9B: (Code.InvalidQoS, 400, "the broker does not take this QoS"),
 }
 
 

@@ -103,13 +103,15 @@ def run_under_cuts(
     *,
     clients: int = 8,
     prefix: str = "cut",
+    duration: float | None = None,
     reactor: Any = None,
     qos_of: Callable[[int], int] = lambda n: 1 + n % 2,
 ) -> Deferred[Outcome]:
     """
     POST C{count} numbered messages to C{url}C{/topics/{prefix}/{n}?qos=..} from
-    C{clients} concurrent persistent HTTP connections; fires with the L{Outcome}
-    (statuses and timings; call L{Outcome.record} with what arrived).
+    C{clients} concurrent persistent HTTP connections (or fewer, when
+    C{duration} seconds pass first); fires with the L{Outcome} (statuses and
+    timings; call L{Outcome.record} with what arrived).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -120,9 +122,12 @@ def run_under_cuts(
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = clients
     agent = Agent(reactor, pool=pool)
+    deadline = None if duration is None else reactor.seconds() + duration
 
     async def client() -> None:
         for n in numbers:
+            if deadline is not None and reactor.seconds() > deadline:
+                return
             qos = qos_of(n)
             outcome.qos[n] = qos
             started = reactor.seconds()
