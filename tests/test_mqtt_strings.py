@@ -109,3 +109,52 @@ class TopicRuleTests(SynchronousTestCase):
         """Any valid MQTT string without wildcards and not too deep is a topic."""
         ok = not set(topic) & {"+", "#"} and topic.count("/") < MAX_TOPIC_LEVELS
         self.assertEqual(topic_problem(topic) is None, ok)
+
+
+class EveryEntranceTests(SynchronousTestCase):
+    """The rule guards every way a string reaches the broker."""
+
+    @given(
+        st.text(max_size=8),
+        st.sampled_from(["ContentType", "client_id", "username", "ResponseTopic"]),
+    )
+    def test_api1_parameters(self, text: str, name: str) -> None:
+        """A string parameter of API 1 is taken exactly when the rule takes it
+        (else 400 naming it)."""
+        from urllib.parse import quote
+
+        from gateway.errors import GatewayError
+        from gateway.web.messages import HTTPRequest
+        from gateway.web.topics import parse_publish
+
+        query = f"{name}={quote(text, safe='')}"
+        request = HTTPRequest(method="POST", path=b"/topics/t", query=query.encode())
+        bad = (
+            string_problem(text) is not None
+            or (name in ("client_id", "ResponseTopic") and not text)
+            or (name == "ResponseTopic" and bool(set(text) & {"+", "#"}))
+        )
+        try:
+            parse_publish(request)
+        except GatewayError as e:
+            self.assertTrue(bad, (text, e.message))
+            self.assertEqual(e.parameter, name)
+        else:
+            self.assertFalse(bad, text)
+
+    @given(st.text(max_size=8))
+    def test_codec_never_writes_a_bad_string(self, text: str) -> None:
+        """The codec refuses to encode a PUBLISH whose topic or user property the
+        rule refuses, and encodes it otherwise."""
+        from gateway.mqtt import codec
+
+        packet = codec.Publish(
+            "t",
+            b"",
+            properties=codec.Properties(user_properties=(("k", text),)),
+        )
+        if string_problem(text) is None:
+            codec.encode(packet, codec.MQTT_5)
+        else:
+            with self.assertRaises(ValueError):
+                codec.encode(packet, codec.MQTT_5)
