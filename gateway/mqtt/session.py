@@ -843,28 +843,33 @@ class BrokerSession(Service):
         """
         After a reconnect: what the broker kept is completed (PUBREL again),
         suspects are sent again (DUP when the session was kept); what the broker
-        lost fails unless it can safely go again (QoS 1, as a new message).
+        lost fails unless it can safely go again (QoS 1, as a new message), and
+        QoS 2 packet ids are released before they are used again.
         """
         protocol = self._protocol
         assert protocol is not None
         level = protocol.protocol_level
         for packet_id, pending in list(self._inflight.items()):
             qos = pending.message.qos
-            keep = resumed and (pending.waiting or qos == 2)
-            if not resumed and qos == 2 and pending.waiting:
+            if qos == 1 and not pending.waiting:
+                # Nobody waits for it, and the broker keeps nothing for it.
+                del self._inflight[packet_id]
+                continue
+            if qos == 2 and not resumed:
                 pending.fail(
                     broker_unavailable(
                         "the broker lost the session with this QoS 2 message: it"
                         " may or may not have been delivered"
                     )
                 )
-            if not (keep or (qos == 1 and pending.waiting)):
-                del self._inflight[packet_id]
-                continue
+                # Some brokers (Aedes) keep the packet ids of QoS 2 messages they
+                # have seen while saying that no session is present: release the
+                # id, and keep it until PUBCOMP, so that no later message under
+                # the same id is taken for a duplicate and dropped.
+                pending.released = True
             if pending.released:
                 self._send(codec.PubRel(packet_id))
                 continue
-            assert pending.packet is not None
             try:
                 packet = attrs.evolve(
                     publish_packet(pending, level, packet_id), dup=resumed
