@@ -237,7 +237,9 @@ class RoundTripTests(SynchronousTestCase):
     def test_head_has_no_body(self) -> None:
         """A response to HEAD keeps its Content-Length but sends no body."""
         c = Connection(Handler(lambda r: HTTPResponse(405, (), b"nope")))
-        c.send(b"HEAD /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n")
+        c.send(
+            b"HEAD /x HTTP/1.1\r\nHost: gw\r\n\r\nGET /y HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
         self.assertEqual(
             c.output(),
             (
@@ -425,7 +427,8 @@ class ConnectionTests(SynchronousTestCase):
         """A chunked body arrives decoded."""
         c = Connection()
         c.send(
-            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n",
             b"6\r\n world\r\n0\r\n\r\n",
         )
         self.assertEqual(c.handler.requests[0].body, b"hello world")
@@ -481,7 +484,7 @@ class LimitTests(SynchronousTestCase):
     def test_413_chunked(self) -> None:
         """A chunked body that grows past max_body is refused as it grows."""
         c = Connection(max_body=10)
-        c.send(b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send(b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n")
         c.send(b"6\r\nhello \r\n")
         self.assertEqual(c.output(), b"")
         c.send(b"6\r\nworld!\r\n")
@@ -544,8 +547,8 @@ class LimitTests(SynchronousTestCase):
         self.assertRefused(c, 431, Code.HeadersTooLarge)
 
     def test_headers_at_limit(self) -> None:
-        c = Connection(max_header_bytes=20)
-        c.send(b"GET / HTTP/1.1\r\nAbc: " + b"v" * 17 + b"\r\n\r\n")
+        c = Connection(max_header_bytes=26)
+        c.send(b"GET / HTTP/1.1\r\nHost: gw\r\nAbc: " + b"v" * 17 + b"\r\n\r\n")
         self.assertEqual(statuses(c.output()), [200])
 
     def test_400_garbage(self) -> None:
@@ -599,7 +602,7 @@ class LimitTests(SynchronousTestCase):
         """Chunk extensions and trailers are allowed and not part of the body."""
         c = Connection()
         c.send(
-            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3;name=value\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
         )
         self.assertEqual(c.handler.requests[0].body, b"abc")
@@ -634,6 +637,132 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(c.output(), b"")
         answer.deferreds[0].callback(HTTPResponse(200))
         self.assertEqual(statuses(c.output()), [200, 400])
+
+
+class StrictFramingTests(SynchronousTestCase):
+    """
+    Framing a proxy in front could read differently is refused (RFC 9112): a
+    Transfer-Encoding other than a lone chunked, HTTP/1.1 without exactly one
+    Host, two Authorization headers, numbers in the framing of any length.
+    """
+
+    def refused(self, data: bytes) -> tuple[int, str]:
+        """The status and message sent for C{data}; nothing reached the handler
+        and the connection closes."""
+        c = Connection()
+        c.send(data)
+        [(status, headers, body)] = responses(c.output())
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(c.handler.requests, [])
+        c.clock.advance(2)
+        self.assertTrue(c.closed)
+        message: str = json.loads(body)["message"]
+        return status, message
+
+    def test_identity_chunked_exact(self) -> None:
+        """C{identity, chunked} is a 501, byte for byte."""
+        c = Connection()
+        c.send(
+            b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: identity, chunked"
+            b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        body = (
+            b'{"code": "BadRequest", "message": "the transfer coding \'identity\' is '
+            b"not supported; send the body with Content-Length or "
+            b'Transfer-Encoding: chunked alone"}'
+        )
+        self.assertEqual(
+            c.output(),
+            b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            % len(body)
+            + STANDARD
+            + b"Connection: close\r\n\r\n"
+            + body,
+        )
+        self.assertEqual(c.handler.requests, [])
+
+    def test_transfer_encodings(self) -> None:
+        """Other codings before chunked are 501; chunked not last or twice, an
+        empty element, two headers or HTTP/1.0 with the header are 400."""
+        chunked = b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        for version, head, status in (
+            (b"1.1", b"Transfer-Encoding: x, chunked", 501),
+            (b"1.1", b"Transfer-Encoding: gzip,chunked", 501),
+            (b"1.1", b"Transfer-Encoding: chunked, chunked", 400),
+            (b"1.1", b"Transfer-Encoding: , chunked", 400),
+            (b"1.1", b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked", 400),
+            (b"1.1", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked", 400),
+            (b"1.1", b"Transfer-Encoding: chunked, gzip", 400),
+            (b"1.0", b"Transfer-Encoding: chunked", 400),
+        ):
+            data = b"POST /t HTTP/%s\r\nHost: gw\r\n%s%s" % (version, head, chunked)
+            self.assertEqual(self.refused(data)[0], status, head)
+
+    def test_lone_chunked(self) -> None:
+        """A lone chunked, in any case and with spaces around it, is served."""
+        for value in (b"chunked", b"Chunked", b" CHUNKED "):
+            c = Connection()
+            c.send(
+                b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: %s\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n" % value
+            )
+            self.assertEqual(statuses(c.output()), [200], value)
+            self.assertEqual(c.handler.requests[0].body, b"hello")
+
+    def test_host(self) -> None:
+        """HTTP/1.1 needs exactly one Host (an empty one will do); HTTP/1.0 may
+        have none, but never two."""
+        self.assertEqual(
+            self.refused(b"GET /t HTTP/1.1\r\n\r\n"),
+            (400, "an HTTP/1.1 request needs a Host header"),
+        )
+        for version in (b"1.0", b"1.1"):
+            self.assertEqual(
+                self.refused(
+                    b"GET /t HTTP/%s\r\nHost: gw\r\nHost: evil\r\n\r\n" % version
+                ),
+                (400, "the Host header is given more than once"),
+            )
+        for data in (b"GET /t HTTP/1.0\r\n\r\n", b"GET /t HTTP/1.1\r\nHost:\r\n\r\n"):
+            c = Connection()
+            c.send(data)
+            self.assertEqual(statuses(c.output()), [200], data)
+
+    def test_two_authorizations(self) -> None:
+        """Two Authorization headers are a 400, whatever their values."""
+        self.assertEqual(
+            self.refused(
+                post(
+                    headers=b"Authorization: Basic dTE6cA==\r\n"
+                    b"Authorization: Basic dTI6cA==\r\n"
+                )
+            ),
+            (400, "the Authorization header is given more than once"),
+        )
+
+    def test_long_numbers(self) -> None:
+        """A Content-Length or chunk size of 5,000 digits is a 400 naming it;
+        5,000 leading zeros are still the number after them (a 413 when that
+        is over max_body)."""
+        head = b"POST /t HTTP/1.1\r\nHost: gw\r\n"
+        self.assertEqual(
+            self.refused(head + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n"),
+            (400, "malformed HTTP request: Content-Length overflow"),
+        )
+        self.assertEqual(
+            self.refused(
+                head + b"Transfer-Encoding: chunked\r\n\r\n" + b"f" * 5000 + b"\r\n"
+            ),
+            (400, "malformed HTTP request: Chunk size overflow"),
+        )
+        c = Connection()
+        c.send(head + b"Content-Length: " + b"0" * 5000 + b"5\r\n\r\nhello")
+        self.assertEqual(statuses(c.output()), [200])
+        self.assertEqual(c.handler.requests[0].body, b"hello")
+        c = Connection(max_body=4)
+        c.send(head + b"Content-Length: " + b"0" * 5000 + b"5\r\n\r\n")
+        self.assertEqual(statuses(c.output()), [413])
 
 
 class IdleTimeoutTests(SynchronousTestCase):
@@ -1021,7 +1150,10 @@ class FailureTests(SynchronousTestCase):
         c = Connection(handler)
         c.send(b"garbage\r\n\r\n")
         [(status, _, body)] = responses(c.output())
-        self.assertEqual((status, body), (400, b"malformed HTTP request\n"))
+        self.assertEqual(
+            (status, body),
+            (400, b"malformed HTTP request: Invalid method encountered\n"),
+        )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_connection_lost_before_answer(self) -> None:

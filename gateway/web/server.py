@@ -54,7 +54,9 @@ from zope.interface import implementer
 
 from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError
+from gateway.web.framing import framing_error
 from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.numbers import bounded_integer
 
 __all__ = [
     "HTTPServerFactory",
@@ -581,7 +583,13 @@ class HTTPServerProtocol(Protocol):
             if self._reading:
                 cause = error.__context__
                 if cause is None or isinstance(cause, _Abort):
-                    self._fail(GatewayError(Code.BadRequest, "malformed HTTP request"))
+                    # llhttp's reasons are fixed sentences naming the part at
+                    # fault, e.g. "Content-Length overflow".
+                    self._fail(
+                        GatewayError(
+                            Code.BadRequest, f"malformed HTTP request: {error}"
+                        )
+                    )
                 else:
                     _log.failure(
                         "HTTP server bug while parsing a request",
@@ -665,12 +673,14 @@ class HTTPServerProtocol(Protocol):
             self._abort(
                 GatewayError(Code.BadRequest, "protocol upgrades are not supported")
             )
-        if self._content_length is not None:
-            try:
-                declared = int(self._content_length)
-            except ValueError:
-                declared = 0  # llhttp refuses it right after this callback
-            if declared > self._max_body:
+        problem = framing_error(self._version, self._headers)
+        if problem is not None:
+            self._abort(problem)
+        length = self._content_length
+        if length is not None:
+            # llhttp has checked the digits; a number of any length is bounded.
+            length = length.strip()
+            if length.isdigit() and bounded_integer(length, 0, self._max_body) is None:
                 self._abort(self._too_large())
         if self._expect_continue and version == "1.1":
             if self._queue:
