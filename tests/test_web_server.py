@@ -11,9 +11,10 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
+    IAddress,
     IHalfCloseableProtocol,
     IProtocolNegotiationFactory,
     ISSLTransport,
@@ -949,9 +950,11 @@ class HalfCloseTests(SynchronousTestCase):
 
 
 class ConnectionLimitTests(SynchronousTestCase):
-    def connect(self, factory: HTTPServerFactory) -> StringTransportWithDisconnection:
+    def connect(
+        self, factory: HTTPServerFactory, peer: IAddress | None = None
+    ) -> StringTransportWithDisconnection:
         protocol = factory.buildProtocol(None)
-        transport = StringTransportWithDisconnection()
+        transport = StringTransportWithDisconnection(peerAddress=peer)
         transport.protocol = protocol
         protocol.makeConnection(transport)
         return transport
@@ -997,6 +1000,48 @@ class ConnectionLimitTests(SynchronousTestCase):
         fourth.protocol.dataReceived(post())
         self.assertEqual(statuses(fourth.value()), [200])
         self.assertEqual(c.handler.closed, [second.protocol.connection_id])  # type: ignore[attr-defined]
+
+    def test_per_source(self) -> None:
+        """Beyond max_connections_per_source from one address a new connection
+        from it gets a 503 at once, with Retry-After; other addresses are still
+        served, and a place freed is taken again."""
+        c = Connection(max_connections=10, max_connections_per_source=2)
+        second = self.connect(c.factory)
+        third = self.connect(c.factory)
+        [(status, headers, body)] = responses(third.value())
+        self.assertEqual((status, headers[b"retry-after"]), (503, b"1"))
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(
+            json.loads(body),
+            {
+                "code": "RateLimited",
+                "message": "too many open connections from this address",
+            },
+        )
+        other = self.connect(c.factory, IPv4Address("TCP", "192.168.1.2", 40000))
+        other.protocol.dataReceived(post())
+        self.assertEqual(statuses(other.value()), [200])
+        self.assertEqual(
+            (c.factory.open_connections, c.factory.refused_connections), (3, 1)
+        )
+        second.loseConnection()
+        fourth = self.connect(c.factory)
+        fourth.protocol.dataReceived(post())
+        self.assertEqual(statuses(fourth.value()), [200])
+        refused = self.connect(c.factory)
+        self.assertEqual(statuses(refused.value()), [503])
+
+    def test_per_source_ipv6_and_unix(self) -> None:
+        """IPv6 clients count by address; all clients of a UNIX socket are one."""
+        c = Connection(max_connections=10, max_connections_per_source=1)
+        a = IPv6Address("TCP", "2001:db8::1", 1)
+        b = IPv6Address("TCP", "2001:db8::2", 1)
+        self.assertEqual(self.connect(c.factory, a).value(), b"")
+        self.assertEqual(self.connect(c.factory, b).value(), b"")
+        self.assertEqual(statuses(self.connect(c.factory, a).value()), [503])
+        unix = UNIXAddress(b"/run/gw.sock")
+        self.assertEqual(self.connect(c.factory, unix).value(), b"")
+        self.assertEqual(statuses(self.connect(c.factory, unix).value()), [503])
 
     def test_refusals_bounded(self) -> None:
         """Refused connections linger only up to max_connections of them; beyond

@@ -12,7 +12,8 @@ Flow control: a connection stops reading while it has C{max_pipeline} requests
 outstanding or while its transport cannot take more output (a client that does
 not read its responses); a request must arrive whole within C{request_timeout} of
 its first byte, however slowly its bytes trickle in; beyond C{max_connections}
-open connections a new one is answered 503 at once and closed.
+open connections, or beyond C{max_connections_per_source} from one client
+address, a new one is answered 503 at once and closed.
 L{HTTPServerFactory.drain} ends every connection gracefully for a shutdown.
 
 All responses are C{HTTP/1.1}, also to HTTP/1.0 clients (RFC 9110 section 2.5 lets
@@ -63,6 +64,8 @@ __all__ = [
     "HTTPServerProtocol",
     "RequestHandler",
     "connection_limit",
+    "limited_by_open_files",
+    "open_file_limit",
 ]
 
 _log = Logger()
@@ -115,9 +118,20 @@ def connection_limit(open_files: int) -> int:
     return max(1, min(_MAX_CONNECTIONS, (open_files - _RESERVED_FILES) // 2))
 
 
-def _default_connection_limit() -> int:
+def limited_by_open_files(open_files: int) -> bool:
+    """
+    Whether C{open_files} (see L{connection_limit}) holds the default cap on
+    connections below its maximum of 10,000: the limit to raise for more.
+    """
+    return open_files >= 0 and connection_limit(open_files) < _MAX_CONNECTIONS
+
+
+def open_file_limit() -> int:
+    """
+    The process's soft C{RLIMIT_NOFILE}, or -1 when it has none.
+    """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return connection_limit(-1 if soft == resource.RLIM_INFINITY else soft)
+    return -1 if soft == resource.RLIM_INFINITY else soft
 
 
 class RequestHandler(typing.Protocol):
@@ -182,8 +196,11 @@ class HTTPServerFactory(Factory):
     answers a client's ALPN offer with a handshake failure unless the wrapped
     factory names protocols, and C{curl --http1.0} offers only C{http/1.0}.
 
-    Beyond C{max_connections} open connections, and once L{drain} was called, a
-    new connection is refused rather than left waiting: it gets a 503 (code
+    Beyond C{max_connections} open connections, beyond
+    C{max_connections_per_source} open connections from the new one's client
+    address (so that one host cannot hold them all; with C{haproxy:} endpoints
+    the address the proxy reports), and once L{drain} was called, a new
+    connection is refused rather than left waiting: it gets a 503 (code
     C{RateLimited}, C{Retry-After: 1}, C{Connection: close}) as soon as it is
     accepted, and input is read and dropped for a moment before it closes (so
     that the close does not become a reset that destroys the answer). Refused
@@ -212,6 +229,7 @@ class HTTPServerFactory(Factory):
         request_timeout: float | None = None,
         max_pipeline: int = 32,
         max_connections: int | None = None,
+        max_connections_per_source: int = 256,
         access_log: Callable[[dict[str, object]], None] | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -231,6 +249,9 @@ class HTTPServerFactory(Factory):
             reading pauses at that count.
         @param max_connections: the most connections served at once (see above);
             if C{None}, L{connection_limit} of the process's open file limit.
+        @param max_connections_per_source: the most connections served at once
+            to one client address (IP address; for UNIX sockets all clients
+            are one).
         @param access_log: called with one dict per response written (the keys of
             SPEC section 10), or C{None}.
         @param clock: the time source and scheduler; the global reactor if
@@ -247,8 +268,9 @@ class HTTPServerFactory(Factory):
         )
         self.max_pipeline = max(1, max_pipeline)
         if max_connections is None:
-            max_connections = _default_connection_limit()
+            max_connections = connection_limit(open_file_limit())
         self.max_connections = max(1, max_connections)
+        self.max_connections_per_source = max(1, max_connections_per_source)
         self.access_log = access_log
         self.clock = clock
         self.open_connections = 0
@@ -256,6 +278,7 @@ class HTTPServerFactory(Factory):
         self.refusing = 0
         self.draining = False
         self._connections: set[HTTPServerProtocol] = set()
+        self._per_source: dict[str, int] = {}
         self._drained: list[Deferred[None]] = []
         self._drain_timer: IDelayedCall | None = None
         self._date_second = -1
@@ -321,22 +344,36 @@ class HTTPServerFactory(Factory):
         for d in waiting:
             d.callback(None)
 
-    def connection_opened(self, protocol: HTTPServerProtocol) -> bool:
+    def connection_opened(self, protocol: HTTPServerProtocol) -> str | None:
         """
         Count a new connection, unless it must be refused.
 
-        @return: C{True} to serve it, C{False} to refuse it.
+        @return: C{None} to serve it, or why it is refused (a sentence for the
+            client).
         """
-        if self.draining or self.open_connections >= self.max_connections:
-            return False
+        if self.draining:
+            return "the gateway is shutting down"
+        if self.open_connections >= self.max_connections:
+            return "the gateway has too many open connections"
+        source = protocol.source
+        count = self._per_source.get(source, 0)
+        if count >= self.max_connections_per_source:
+            return "too many open connections from this address"
+        self._per_source[source] = count + 1
         self.open_connections += 1
         self._connections.add(protocol)
-        return True
+        return None
 
     def connection_ended(self, protocol: HTTPServerProtocol) -> None:
         """A connection that L{connection_opened} counted has closed."""
         self.open_connections -= 1
         self._connections.discard(protocol)
+        source = protocol.source
+        count = self._per_source.get(source, 1) - 1
+        if count > 0:
+            self._per_source[source] = count
+        else:
+            self._per_source.pop(source, None)
         if self.draining and not self._connections and self._drained:
             self._fire_drained()
 
@@ -396,6 +433,7 @@ class HTTPServerProtocol(Protocol):
         self._queue: deque[_Slot] = deque()
         self.connection_id = os.urandom(8).hex()
         self.peer = ""
+        self.source = ""  # the client's address without the port
         self._connected = False
         self._reading = True  # False once no further request will be parsed
         self._closing = False  # loseConnection called
@@ -448,28 +486,26 @@ class HTTPServerProtocol(Protocol):
         # connection, the session tickets), which costs a delayed ACK (~40 ms).
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
-        self.peer = _format_peer(transport.getPeer())
+        address = transport.getPeer()
+        self.peer = _format_peer(address)
+        self.source = _source(address)
         self._tls = ISSLTransport.providedBy(transport)
         self._now = self._last_activity = self._clock.seconds()
         factory = self._factory
-        if not factory.connection_opened(self):
-            self._refuse()
+        refusal = factory.connection_opened(self)
+        if refusal is not None:
+            self._refuse(refusal)
             return
         cast(IConsumer, transport).registerProducer(self, True)
         self._producing = True
         self._idle_call = self._clock.callLater(factory.idle_timeout, self._check_idle)
 
-    def _refuse(self) -> None:
+    def _refuse(self, why: str) -> None:
         factory = self._factory
         self._refused = True
         self._certificate_fetched = True  # no handshake is waited for
         factory.refused_connections += 1
         factory.refusing += 1
-        why = (
-            "the gateway is shutting down"
-            if factory.draining
-            else "the gateway has too many open connections"
-        )
         self._fail(
             GatewayError(Code.RateLimited, why, status=503, retry_after=1),
             linger=factory.refusing <= factory.max_connections,
@@ -1094,6 +1130,18 @@ def _header_line(name: str, value: str) -> bytes:
     if "\r" in line or "\n" in line:
         line = line.translate(_NO_CRLF)
     return (line + "\r\n").encode("utf-8")
+
+
+def _source(address: IAddress) -> str:
+    """
+    The client address that per-source limits count: the IP address, or
+    C{"unix"} for every client of a UNIX socket.
+    """
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host
+    if isinstance(address, UNIXAddress):
+        return "unix"
+    return str(address)
 
 
 def _format_peer(address: IAddress) -> str:
