@@ -9,7 +9,14 @@ endpoint; L{peer_common_name} reads a sender's identity from its verified
 certificate.
 
 Choices made here:
-  - TLS 1.2 is the minimum; renegotiation is off.
+  - TLS 1.2 is the minimum; renegotiation is off. TLS 1.2 offers AEAD suites
+    with forward secrecy only (ECDHE with AES-GCM or ChaCha20-Poly1305): no CBC
+    suite (LUCKY13 and its kin), no RSA key exchange. TLS 1.3 suites are all
+    AEAD already and stay OpenSSL's.
+  - A device certificate is an end-entity certificate (not CA:TRUE; a CA's
+    certificate is not a device, whoever issued it) with exactly one non-empty
+    common name (CN) in its subject: which of two CNs would name the device is
+    ambiguous. Anything else fails the handshake like an untrusted certificate.
   - Session resumption is on: stateless session tickets (TLS 1.2 and 1.3) and a
     server-side session cache for TLS 1.2 clients without ticket support (BearSSL
     on many microcontrollers). A resumed session keeps the client certificate
@@ -62,6 +69,7 @@ __all__ = [
     "ReloadableServerTLS",
     "ServerTLSOptions",
     "TLSConfigError",
+    "device_certificate_problem",
     "load_server_options",
     "peer_common_name",
     "tls_factory",
@@ -77,6 +85,19 @@ CLIENT_CERT_MODES = ("none", "optional", "required")
 # requested (OpenSSL refuses to resume otherwise). Sessions never cross settings
 # sets (each context has its own cache and ticket keys), so a constant will do.
 _SESSION_ID_CONTEXT = b"mqtt-http-gateway"
+
+# TLS 1.2: ECDHE (forward secrecy) with an AEAD cipher, for ECDSA and RSA server
+# keys; AES-GCM first (hardware AES nearly everywhere), ChaCha20 for the rest.
+_TLS12_CIPHERS = b":".join(
+    (
+        b"ECDHE-ECDSA-AES128-GCM-SHA256",
+        b"ECDHE-RSA-AES128-GCM-SHA256",
+        b"ECDHE-ECDSA-AES256-GCM-SHA384",
+        b"ECDHE-RSA-AES256-GCM-SHA384",
+        b"ECDHE-ECDSA-CHACHA20-POLY1305",
+        b"ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
@@ -150,6 +171,7 @@ class ServerTLSOptions:
             | SSL.OP_NO_RENEGOTIATION
         )
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        context.set_cipher_list(_TLS12_CIPHERS)
         context.use_certificate(chain[0])
         for certificate in chain[1:]:
             context.add_extra_chain_cert(certificate)
@@ -201,20 +223,27 @@ class ServerTLSOptions:
         ok: int,
     ) -> bool:
         """
-        OpenSSL's verdict on one certificate of a client's chain, unchanged;
+        OpenSSL's verdict on one certificate of a client's chain, and for the
+        device's own certificate (depth 0) L{device_certificate_problem};
         refusals are counted and logged.
         """
+        reason: str | None = None
         if not ok:
-            self.refused_certificates += 1
-            _log.info(
-                "Refused the TLS client certificate of {peer}: {reason} "
-                "(depth {depth}: {subject})",
-                peer=_peer(connection),
-                reason=f"{_VERIFY_ERRORS.get(error, 'X509 error')} ({error})",
-                depth=depth,
-                subject=_subject(certificate),
-            )
-        return bool(ok)
+            reason = f"{_VERIFY_ERRORS.get(error, 'X509 error')} ({error})"
+        elif depth == 0:
+            reason = _device_problem(certificate)
+        if reason is None:
+            return True
+        self.refused_certificates += 1
+        _log.info(
+            "Refused the TLS client certificate of {peer}: {reason} "
+            "(depth {depth}: {subject})",
+            peer=_peer(connection),
+            reason=reason,
+            depth=depth,
+            subject=_subject(certificate),
+        )
+        return False
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -330,13 +359,50 @@ def tls_factory(
 
 def peer_common_name(certificate: x509.Certificate) -> str | None:
     """
-    The first common name (CN) in C{certificate}'s subject, or C{None} if it has
-    none (or an empty one).
+    The common name (CN) in C{certificate}'s subject, or C{None} unless it has
+    exactly one, not empty.
     """
-    for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
-        value = attribute.value
-        return value if isinstance(value, str) and value else None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) and value else None
+
+
+def device_certificate_problem(certificate: x509.Certificate) -> str | None:
+    """
+    Why C{certificate} cannot be a device's, or C{None}: a device certificate
+    is an end-entity certificate (no C{CA:TRUE} basic constraint) whose subject
+    has exactly one common name, not empty.
+    """
+    try:
+        constraints = certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        ).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        return "it is a CA certificate (CA:TRUE), not a device certificate"
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return (
+            f"its subject has {len(names)} common names (CN); a device "
+            "certificate needs exactly one"
+        )
+    if not names[0].value:
+        return "its common name (CN) is empty"
     return None
+
+
+def _device_problem(certificate: X509) -> str | None:
+    """
+    L{device_certificate_problem} of an OpenSSL certificate; one that cannot be
+    read is refused too (a verify callback must not raise).
+    """
+    try:
+        return device_certificate_problem(certificate.to_cryptography())
+    except Exception as error:
+        return f"its certificate cannot be read: {_first_line(error)}"
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
