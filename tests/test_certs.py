@@ -238,12 +238,13 @@ class HTTPSTestCase(TestCase):
         self.addCleanup(self.closed)
         self.addCleanup(port.stopListening)
 
-    async def closed(self) -> None:
-        """Wait until the server has seen every connection close."""
+    async def closed(self, still_open: int = 0) -> None:
+        """Wait until the server has seen every connection close but
+        C{still_open} of them."""
         from twisted.internet import reactor
 
         for _ in range(200):
-            if self.http.open_connections == 0:
+            if self.http.open_connections == still_open:
                 return
             await deferLater(reactor, 0.01)
         self.fail(f"{self.http.open_connections} connections still open")
@@ -722,31 +723,56 @@ class ServerTests(HTTPSTestCase):
         self.assertTrue(second.reused)
 
 
+def closed_by_server(client: PythonClient) -> bool:
+    """Whether the server has closed C{client}'s connection: a request on it
+    gets no response."""
+    try:
+        answer = client.request(KEEP_ALIVE_REQUEST)
+    except (ssl.SSLError, OSError):
+        return True
+    return not answer.response
+
+
 class ReloadTests(HTTPSTestCase):
     """
-    swap() applies new settings to new connections; open ones keep working.
+    swap() applies new settings to new connections, and closes the open
+    connections whose device certificate the new settings refuse; the others
+    keep working.
     """
 
-    async def test_swap(self) -> None:
+    async def keep_alive(self, cert: tuple[str, str] | None) -> PythonClient:
+        """An open keep-alive connection that has been served once."""
+        client = self.client(cert=cert)
+        await in_thread(client.connect)
+        self.addCleanup(client.close)
+        answer = await in_thread(client.request, KEEP_ALIVE_REQUEST)
+        self.assertEqual(answer.status_line, b"HTTP/1.1 200 OK")
+        return client
+
+    async def test_revoked_connection_closed(self) -> None:
         """
-        After a reload with a CRL revoking device-42, its new connections fail
-        (sessions from before are not resumed) while its open keep-alive
-        connection keeps working.
+        After a reload with a CRL revoking device-42, its open keep-alive
+        connection is closed and its new handshakes (sessions from before are
+        not resumed) fail; another device's connection and one without a
+        certificate keep working.
         """
         await self.serve()
         cert = (self.pki.client_chain, self.pki.client_key)
-        kept = self.client(cert=cert)
-        await in_thread(kept.connect)
-        self.addCleanup(kept.close)
-        first = await in_thread(kept.request, KEEP_ALIVE_REQUEST)
-        self.assertEqual(first.header(b"x-client-cn"), DEVICE.encode())
+        revoked = await self.keep_alive(cert)
+        other = await self.keep_alive(
+            self.device("device-7", self.pki.intermediate.issue("device-7"))
+        )
+        anonymous = await self.keep_alive(None)
         resumer = self.client(cert=cert)
         resumable = await in_thread(resumer.exchange)
+        await self.closed(still_open=3)
 
         crl = self.pki.write_crls(
             "device-42.crl", [self.pki.intermediate.crl([self.pki.device.certificate])]
         )
-        self.tls.swap(load_server_options(tls_config(self.pki, crl=crl)))
+        closed = self.tls.swap(load_server_options(tls_config(self.pki, crl=crl)))
+        self.assertEqual(closed, 1)
+        self.assertTrue(await in_thread(closed_by_server, revoked))
         requests = len(self.handler.requests)
         await self.assertRefused()
         stale = await in_thread(attempt, resumer, resumable.session)
@@ -754,9 +780,52 @@ class ReloadTests(HTTPSTestCase):
         self.assertEqual(len(self.handler.requests), requests)
         self.assertEqual(self.tls.refused_certificates, 2)
 
-        again = await in_thread(kept.request, KEEP_ALIVE_REQUEST)
-        self.assertEqual(again.status_line, b"HTTP/1.1 200 OK")
-        self.assertEqual(again.header(b"x-client-cn"), DEVICE.encode())
+        for client, cn in ((other, b"device-7"), (anonymous, b"-")):
+            again = await in_thread(client.request, KEEP_ALIVE_REQUEST)
+            self.assertEqual(again.status_line, b"HTTP/1.1 200 OK")
+            self.assertEqual(again.header(b"x-client-cn"), cn)
+        await self.closed(still_open=2)
+
+    async def test_untrusted_connection_closed(self) -> None:
+        """
+        A new client CA that no longer trusts the device CA closes the
+        device's open connection; without client certificates at all, every
+        connection that has one is closed; a new server certificate with the
+        same trust closes none.
+        """
+        await self.serve()
+        cert = (self.pki.client_chain, self.pki.client_key)
+        device = await self.keep_alive(cert)
+        anonymous = await self.keep_alive(None)
+        server = self.pki.intermediate.issue("localhost", server=True)
+        chain, key = self.pki.write_issued("server-2", server)
+        self.assertEqual(
+            self.tls.swap(
+                load_server_options(tls_config(self.pki, cert=chain, key=key))
+            ),
+            0,
+        )
+        self.assertFalse(await in_thread(closed_by_server, device))
+
+        other = make_root("Other Root CA")  # it signed no device here
+        other_root = self.pki.write(
+            "other-root.crt", other.certificate.public_bytes(serialization.Encoding.PEM)
+        )
+        swapped = self.tls.swap(
+            load_server_options(tls_config(self.pki, client_ca=other_root))
+        )
+        self.assertEqual(swapped, 1)
+        self.assertTrue(await in_thread(closed_by_server, device))
+        self.assertFalse(await in_thread(closed_by_server, anonymous))
+
+        self.assertEqual(self.tls.swap(load_server_options(tls_config(self.pki))), 0)
+        device = await self.keep_alive(cert)
+        swapped = self.tls.swap(
+            load_server_options(tls_config(self.pki, client_cert="none"))
+        )
+        self.assertEqual(swapped, 1)
+        self.assertTrue(await in_thread(closed_by_server, device))
+        self.assertFalse(await in_thread(closed_by_server, anonymous))
 
 
 class LoadTests(SynchronousTestCase):

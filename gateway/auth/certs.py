@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, X509StoreFlags
+from OpenSSL.crypto import X509, X509StoreContext, X509StoreContextError, X509StoreFlags
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
@@ -162,6 +163,7 @@ class ServerTLSOptions:
         """
         self.client_cert = client_cert
         self.crl_check: CRLCheck = "off"
+        self._store: Any = None
         self.refused_certificates = 0
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -189,6 +191,7 @@ class ServerTLSOptions:
             context.set_verify(mode, self._verified)
             store = context.get_cert_store()
             assert store is not None
+            self._store = store
             for anchor in anchors:
                 store.add_cert(X509.from_cryptography(anchor))
                 context.add_client_ca(anchor)
@@ -213,6 +216,22 @@ class ServerTLSOptions:
         A new server-side TLS connection with these settings.
         """
         return SSL.Connection(self.context, None)
+
+    def refusal(self, certificate: X509, chain: Sequence[X509] = ()) -> str | None:
+        """
+        Why these settings refuse C{certificate} (sent with the intermediates
+        C{chain}) as a device certificate now, or C{None}: it does not chain to
+        C{client_ca}, a CRL revokes it, it has expired, it is not a device's
+        (L{device_certificate_problem}), or client certificates are not taken.
+        For an open connection made with other settings.
+        """
+        if self.client_cert == "none":
+            return "the TLS settings take no client certificates any more"
+        try:
+            X509StoreContext(self._store, certificate, list(chain)).verify_certificate()
+        except X509StoreContextError as error:
+            return f"its certificate is refused: {error}"
+        return _device_problem(certificate)
 
     def _verified(
         self,
@@ -252,7 +271,11 @@ class ReloadableServerTLS:
     The server TLS settings of a listener, replaceable while it runs.
 
     Each new connection is made with the current settings; L{swap} replaces them
-    for connections accepted afterwards and leaves open connections alone.
+    for connections accepted afterwards, and closes the open connections whose
+    device certificate the new settings refuse (revoked by the new CRL, no
+    longer trusted by the new client CA, no client certificates taken any
+    more): a revoked device must not keep publishing on a keep-alive
+    connection. Other open connections are left alone.
     """
 
     def __init__(self, options: IOpenSSLServerConnectionCreator) -> None:
@@ -262,6 +285,10 @@ class ReloadableServerTLS:
         """
         self._options = options
         self._retired_refusals = 0
+        # Each open connection (its TLS protocol) and the settings it was made
+        # with; entries go when the protocol does.
+        self._open: weakref.WeakKeyDictionary[Any, IOpenSSLServerConnectionCreator]
+        self._open = weakref.WeakKeyDictionary()
 
     @property
     def options(self) -> IOpenSSLServerConnectionCreator:
@@ -278,18 +305,50 @@ class ReloadableServerTLS:
         """
         return self._retired_refusals + _refusals(self._options)
 
-    def swap(self, options: IOpenSSLServerConnectionCreator) -> None:
+    def swap(self, options: IOpenSSLServerConnectionCreator) -> int:
         """
-        Make new connections with C{options} from now on.
+        Make new connections with C{options} from now on, and close the open
+        connections whose client certificate C{options} would refuse (see
+        L{ServerTLSOptions.refusal}). A connection still in its handshake that
+        was asked for a certificate is closed too: it was verified (or is
+        being verified) against the old settings, and the client can connect
+        again at once. Each closed connection is logged.
+
+        @return: how many connections were closed.
         """
         self._retired_refusals += _refusals(self._options)
         self._options = options
+        closed = 0
+        for protocol, made_with in list(self._open.items()):
+            connection = protocol.getHandle() if protocol.connected else None
+            if connection is None or made_with is options:
+                continue
+            if getattr(made_with, "client_cert", "none") == "none":
+                continue  # no device certificate on it
+            reason: str | None
+            if connection.get_peer_finished() is None:
+                reason = "its handshake was not complete when the settings changed"
+            else:
+                reason = _refusal(options, connection)
+            if reason is None:
+                continue
+            _log.info(
+                "Closed the TLS connection of {peer} after a reload: {reason}",
+                peer=_peer(connection),
+                reason=reason,
+            )
+            protocol.abortConnection()
+            closed += 1
+        return closed
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
         A new server-side TLS connection with the current settings.
         """
-        return self._options.serverConnectionForTLS(tlsProtocol)
+        options = self._options
+        connection = options.serverConnectionForTLS(tlsProtocol)
+        self._open[tlsProtocol] = options
+        return connection
 
 
 def load_server_options(tls: TLSConfig) -> ServerTLSOptions:
@@ -435,6 +494,19 @@ def _crl_scope(
     ):
         return "chain"
     return "leaf"
+
+
+def _refusal(options: object, connection: SSL.Connection) -> str | None:
+    """
+    Why C{options} refuse the client certificate of C{connection}, or C{None}
+    (also for settings that cannot say, and for a connection without one).
+    """
+    certificate = connection.get_peer_certificate()
+    refusal = getattr(options, "refusal", None)
+    if certificate is None or refusal is None:
+        return None
+    reason: str | None = refusal(certificate, connection.get_peer_cert_chain() or [])
+    return reason
 
 
 def _refusals(options: object) -> int:
