@@ -738,7 +738,7 @@ class StrictFramingTests(SynchronousTestCase):
 
     def test_host(self) -> None:
         """HTTP/1.1 needs exactly one Host (an empty one will do); HTTP/1.0 may
-        have none, but never two."""
+        have none, but never two; its value is a host and an optional port."""
         self.assertRefused(
             b"GET /t HTTP/1.1\r\n\r\n", 400, "an HTTP/1.1 request needs a Host header"
         )
@@ -748,7 +748,20 @@ class StrictFramingTests(SynchronousTestCase):
                 400,
                 "the Host header is given more than once",
             )
-        for data in (b"GET /t HTTP/1.0\r\n\r\n", b"GET /t HTTP/1.1\r\nHost:\r\n\r\n"):
+        for value in (b"a b", b"gw/x", b"user@gw", b"gw:80:80", b"[::1"):
+            self.assertRefused(
+                b"GET /t HTTP/1.1\r\nHost: %s\r\n\r\n" % value,
+                400,
+                "the Host header is not a host with an optional port",
+            )
+        for data in (
+            b"GET /t HTTP/1.0\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost:\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: gw.example:8443\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: iot_gw-1\r\n\r\n",
+        ):
             c = Connection()
             c.send(data)
             self.assertEqual(statuses(c.output()), [200], data)

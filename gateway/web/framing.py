@@ -12,6 +12,7 @@ Content-Length and chunk sizes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from gateway.errors import Code, GatewayError
@@ -19,6 +20,10 @@ from gateway.errors import Code, GatewayError
 __all__ = ["framing_error"]
 
 _CHUNKED = b"chunked"
+
+# Host = uri-host [ ":" port ] (RFC 9110 section 7.2, RFC 3986 section 3.2.2):
+# an IP literal in brackets, or a reg-name / IPv4 address; empty is allowed.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 
 
 def framing_error(
@@ -28,7 +33,8 @@ def framing_error(
     What is wrong with the framing of a request head, or C{None}.
 
       - Host: an HTTP/1.1 request needs exactly one (its value may be empty),
-        any request at most one (RFC 9112 section 3.2) -> 400.
+        any request at most one, and a value that is a host with an optional
+        port (RFC 9112 section 3.2) -> 400.
       - Authorization at most once (which one would count is ambiguous) -> 400.
       - Transfer-Encoding: only in HTTP/1.1, in one header, and a lone
         C{chunked} (case-insensitive). Any other coding before C{chunked}
@@ -41,11 +47,13 @@ def framing_error(
     @param headers: the header lines, names lower case, in order.
     """
     hosts = authorizations = 0
+    host = b""
     codings: list[bytes] = []
     encodings = 0
     for name, value in headers:
         if name == b"host":
             hosts += 1
+            host = value
         elif name == b"authorization":
             authorizations += 1
         elif name == b"transfer-encoding":
@@ -55,6 +63,8 @@ def framing_error(
         return _bad("the Host header is given more than once")
     if hosts == 0 and version == "1.1":
         return _bad("an HTTP/1.1 request needs a Host header")
+    if hosts and _HOST.fullmatch(host.strip()) is None:
+        return _bad("the Host header is not a host with an optional port")
     if authorizations > 1:
         return _bad("the Authorization header is given more than once")
     if not encodings:
