@@ -6,7 +6,9 @@ It parses requests into L{HTTPRequest} values, hands each one to a
 L{RequestHandler} at once (pipelined requests run concurrently) and writes the
 L{HTTPResponse} values back strictly in request order. Limits are answered, not
 dropped: 413 for bodies over C{max_body} (before the body is read), 414 for long
-request targets, 431 for large header blocks and 400 for anything llhttp refuses.
+request targets, 431 for large header blocks, 400 for anything llhttp refuses
+(saying what, e.g. C{Content-Length overflow}), and 400 or 501 for framing a
+proxy in front could read differently (L{gateway.web.framing}).
 
 Flow control: a connection stops reading while it has C{max_pipeline} requests
 outstanding or while its transport cannot take more output (a client that does
