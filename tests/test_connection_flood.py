@@ -9,8 +9,10 @@ start-up). Real sockets from 127.0.0.1 and 127.0.0.2 against twistd.
 from __future__ import annotations
 
 import resource
-import select
+import selectors
 import socket
+import time
+from typing import cast
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -57,22 +59,32 @@ def status_of(answer: bytes) -> int:
 def flood(port: int) -> tuple[list[socket.socket], list[bytes]]:
     """
     Open FLOOD idle connections from 127.0.0.1; the ones the daemon serves stay
-    open and silent, the others are answered at once. Returns the served
-    sockets and the first bytes of the answers to the others.
+    open and silent, the others are answered at once. Returns the open (served)
+    sockets and the first bytes of the answers to the others, once no more
+    than PER_SOURCE are left unanswered and half a second brings no news (or
+    after 30 seconds).
     """
     waiting = [connect("127.0.0.1", port) for _ in range(FLOOD)]
     answers: list[bytes] = []
-    while True:
-        readable, _, _ = select.select(waiting, [], [], 1.0)
-        if not readable:
-            return waiting, answers  # a second without news: the rest are served
-        for sock in readable:
+    selector = selectors.DefaultSelector()
+    for sock in waiting:
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + 30
+    while (left := deadline - time.monotonic()) > 0:
+        events = selector.select(0.5 if len(waiting) <= PER_SOURCE else left)
+        if not events and len(waiting) <= PER_SOURCE:
+            break
+        for key, _ in events:
+            sock = cast(socket.socket, key.fileobj)
+            selector.unregister(sock)
             try:
                 answers.append(sock.recv(65536))
             except OSError as e:
                 answers.append(repr(e).encode())
             sock.close()
             waiting.remove(sock)
+    selector.close()
+    return waiting, answers
 
 
 def close_all(sockets: list[socket.socket]) -> None:
