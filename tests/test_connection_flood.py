@@ -107,8 +107,8 @@ class FloodTests(TestCase):
         connections per address: of 300 idle connections from 127.0.0.1, 20
         are served and every other one gets a 503 with Retry-After at once;
         meanwhile 127.0.0.2 publishes with 200s. The start-up log names the
-        limit and the cap, and shows no traceback or file descriptor
-        exhaustion."""
+        limit and the cap, the refusals are logged (once a minute), and the
+        log shows no traceback or file descriptor exhaustion."""
         broker = Mosquitto()
         self.addCleanup(broker.stop)
         await broker.start()
@@ -162,6 +162,11 @@ class FloodTests(TestCase):
             if status_of(answer) == 200:
                 break
         self.assertEqual(status_of(answer), 200, answer[:200])
+        self.assertIn(
+            f"connection(s) over max_connections_per_source ({PER_SOURCE}) since "
+            "the last such line, the latest from 127.0.0.1",
+            daemon.output,
+        )
         self.assertEqual(await daemon.stop(), 0)
         for bad in ("Traceback", "EMFILE", "Too many open files"):
             self.assertNotIn(bad, daemon.output)

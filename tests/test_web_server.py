@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +25,7 @@ from twisted.internet.testing import (
     StringTransport,
     StringTransportWithDisconnection,
 )
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
@@ -1065,6 +1066,37 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertEqual(statuses(fourth.value()), [200])
         refused = self.connect(c.factory)
         self.assertEqual(statuses(refused.value()), [503])
+
+    def test_per_source_logged_once_a_minute(self) -> None:
+        """Refusals over the per-source cap are logged at most once a minute,
+        with how many there were."""
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        c = Connection(
+            max_connections=10, max_connections_per_source=1, idle_timeout=1000
+        )
+        for _ in range(3):
+            self.connect(c.factory)
+        c.clock.advance(59)
+        self.connect(c.factory)
+        c.clock.advance(1)
+        self.connect(c.factory)
+        lines = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace") == "gateway.web.server"
+        ]
+        self.assertEqual(
+            lines,
+            [
+                "Refused 1 connection(s) over max_connections_per_source (1) since "
+                "the last such line, the latest from 192.168.1.1",
+                "Refused 4 connection(s) over max_connections_per_source (1) since "
+                "the last such line, the latest from 192.168.1.1",
+            ],
+        )
 
     def test_per_source_ipv6_and_unix(self) -> None:
         """IPv6 clients count by address; all clients of a UNIX socket are one."""

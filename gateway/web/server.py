@@ -100,6 +100,10 @@ _LINGER_SECONDS = 2.0
 # used only by the guard against one huge header that llhttp buffers.
 _HEAD_SLACK = 4096
 
+# At most one log line per this many seconds about connections refused over the
+# per-source cap (a flood must not flood the log).
+_SOURCE_LOG_SECONDS = 60.0
+
 # File descriptors kept free of HTTP connections (broker connections, log files,
 # the listening sockets ...), and the most connections served by default.
 _RESERVED_FILES = 100
@@ -281,6 +285,8 @@ class HTTPServerFactory(Factory):
         self.draining = False
         self._connections: set[HTTPServerProtocol] = set()
         self._per_source: dict[str, int] = {}
+        self._source_refusals = 0  # not logged yet
+        self._source_logged = -_SOURCE_LOG_SECONDS
         self._drained: list[Deferred[None]] = []
         self._drain_timer: IDelayedCall | None = None
         self._date_second = -1
@@ -360,11 +366,31 @@ class HTTPServerFactory(Factory):
         source = protocol.source
         count = self._per_source.get(source, 0)
         if count >= self.max_connections_per_source:
+            self._source_refused(source)
             return "too many open connections from this address"
         self._per_source[source] = count + 1
         self.open_connections += 1
         self._connections.add(protocol)
         return None
+
+    def _source_refused(self, source: str) -> None:
+        """
+        Count a refusal over the per-source cap; log the count, at most once a
+        minute.
+        """
+        self._source_refusals += 1
+        now = self.clock.seconds()
+        if now - self._source_logged < _SOURCE_LOG_SECONDS:
+            return
+        _log.warn(
+            "Refused {count} connection(s) over max_connections_per_source "
+            "({limit}) since the last such line, the latest from {source}",
+            count=self._source_refusals,
+            limit=self.max_connections_per_source,
+            source=source,
+        )
+        self._source_refusals = 0
+        self._source_logged = now
 
     def connection_ended(self, protocol: HTTPServerProtocol) -> None:
         """A connection that L{connection_opened} counted has closed."""
