@@ -5,7 +5,9 @@ change while the daemon runs, without dropping a connection (SPEC section 10).
 
 L{Reloader} re-reads the config file and puts each part in force on its own:
 the password file, the ACL, C{[auth] allow_anonymous}, the TLS certificate, key,
-client CA and CRL (for connections accepted from then on), the C{[limits]}, and
+client CA and CRL (for connections accepted from then on; open connections whose
+device certificate the new CRL revokes or the new client CA no longer trusts
+are closed), the C{[limits]}, and
 it reopens the access log file (after log rotation). A part whose new file
 cannot be used is refused with one log line naming the file, and its old
 version stays in force; the other parts are applied all the same. Changes that
@@ -38,7 +40,7 @@ _log = Logger()
 
 # What a reload does not apply, as "section.key" names; each needs a restart.
 _RESTART_KEYS = (
-    ("http", ("listen", "max_body", "idle_timeout")),
+    ("http", ("listen", "max_body", "idle_timeout", "max_connections_per_source")),
     ("tls", ("listen",)),
     (
         "mqtt",
@@ -78,8 +80,9 @@ class ACLHolder(Protocol):
 class TLSHolder(Protocol):
     """Where new TLS settings go: a L{ReloadableServerTLS}."""
 
-    def swap(self, options: Any) -> None:
-        """Make new connections with C{options}."""
+    def swap(self, options: Any) -> int:
+        """Make new connections with C{options}; close the open connections
+        whose certificate they refuse and return how many."""
 
 
 class Reopenable(Protocol):
@@ -309,12 +312,18 @@ class Reloader:
             # New settings would drop every TLS session cache and ticket key:
             # devices would all pay a full handshake after each logrotate.
             return None
-        self.tls.swap(load_server_options(tls))
+        closed = self.tls.swap(load_server_options(tls))
         self._tls_fingerprint = fingerprint
         files = ", ".join(
             path for path in (tls.cert, tls.key, tls.client_ca, tls.crl) if path
         )
-        return f"TLS settings for new connections ({files})"
+        done = f"TLS settings for new connections ({files})"
+        if closed:
+            done += (
+                f"; closed {closed} open connection(s) whose device certificate "
+                "they refuse"
+            )
+        return done
 
     def _reload_limits(self, config: Config) -> str | None:
         assert self.apply_limits is not None

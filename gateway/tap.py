@@ -73,7 +73,12 @@ from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
 from gateway.web.router import Router
-from gateway.web.server import HTTPServerFactory
+from gateway.web.server import (
+    HTTPServerFactory,
+    connection_limit,
+    limited_by_open_files,
+    open_file_limit,
+)
 from gateway.web.topics import TopicsAPI
 
 log = Logger()
@@ -353,6 +358,31 @@ def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher
     return SharedPublisher(session)
 
 
+def connection_cap(per_source: int, open_files: int | None = None) -> int:
+    """
+    The cap on HTTP connections for the process's open-file limit (or
+    C{open_files}); when that limit is what holds the cap down, one log line
+    says so, with the cap it implies and the share of one address.
+    """
+    if open_files is None:
+        open_files = open_file_limit()
+    cap = connection_limit(open_files)
+    if limited_by_open_files(open_files):
+        log.warn(
+            "The open-file limit (RLIMIT_NOFILE) is {open_files}: at most {cap} "
+            "HTTP connections are served at once, {per_source} from one client "
+            "address{all}; raise the limit (systemd LimitNOFILE=) to serve more",
+            open_files=open_files,
+            cap=cap,
+            per_source=min(per_source, cap),
+            all=" (http.max_connections_per_source is not below the cap: one "
+            "address can take every connection)"
+            if per_source >= cap
+            else "",
+        )
+    return cap
+
+
 def makeService(options: Options) -> IService:
     """
     The service tree of the daemon, built from checked options.
@@ -413,6 +443,8 @@ def makeService(options: Options) -> IService:
         max_body=config.http.max_body,
         max_target_bytes=max_target,
         idle_timeout=config.http.idle_timeout,
+        max_connections=connection_cap(config.http.max_connections_per_source),
+        max_connections_per_source=config.http.max_connections_per_source,
         access_log=compose(
             access_log, metrics.observe_response if metrics is not None else None
         ),

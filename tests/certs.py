@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEVICE = "device-42"
 REVOKED_DEVICE = "device-13"
 
 _DAY = datetime.timedelta(days=1)
+
+Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def _now() -> datetime.datetime:
@@ -61,7 +63,7 @@ class Issued:
     @ivar chain: the certificate, then the intermediates above it (not the root).
     """
 
-    key: ec.EllipticCurvePrivateKey
+    key: Key
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
 
@@ -94,6 +96,8 @@ class CA(Issued):
         ca: bool = False,
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
+        subject: x509.Name | None = None,
+        rsa_key: bool = False,
     ) -> Issued:
         """
         A new certificate for C{common_name} signed by this CA.
@@ -101,12 +105,19 @@ class CA(Issued):
         @param server: a server certificate for C{localhost} and C{127.0.0.1}
             (otherwise a TLS client certificate).
         @param ca: an intermediate CA (the result is then a L{CA}).
+        @param subject: the whole subject, instead of one made of
+            C{common_name}.
+        @param rsa_key: an RSA 2048 key instead of EC P-256.
         """
-        key = ec.generate_private_key(ec.SECP256R1())
+        key: Key = (
+            rsa.generate_private_key(65537, 2048)
+            if rsa_key
+            else ec.generate_private_key(ec.SECP256R1())
+        )
         now = _now()
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name))
+            .subject_name(subject or _name(common_name))
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -315,6 +315,32 @@ class HandleTests(AnsweringTestCase):
         self.assertRefused(api.handle(replayed), 400, "SignatureNonceUsed")
         self.assertEqual(len(publisher.calls), 1)
 
+    def test_long_numbers(self) -> None:
+        """Numbers and times of 5,000 digits, signed or not, are a 400 with
+        Alibaba's code, never a 500."""
+        api, publisher, _ = make_api()
+        digits = "9" * 5000
+        cases: list[tuple[HTTPRequest, str]] = [
+            (rpc_request({**SEND, "Timestamp": digits}), "InvalidTimeStamp.Format"),
+            (
+                # A valid time (fractions of any length are), but not now.
+                rpc_request({**SEND, "Timestamp": f"2024-05-01T12:00:00.{digits}Z"}),
+                "InvalidTimeStamp.Expired",
+            ),
+            (
+                rpc_request({**SEND, "Timestamp": f"+{digits}-05-01T12:00:00Z"}),
+                "InvalidTimeStamp.Format",
+            ),
+            (rpc_request(nonce=digits), "CheckAccountInfoFailed"),
+            (
+                acs3_request({**SEND, "InstanceId": digits}),
+                "InstancePermissionCheckFailed",
+            ),
+        ]
+        for request, code in cases:
+            self.assertRefused(api.handle(request), 400, code)
+        self.assertEqual(publisher.calls, [])
+
     def test_methods(self) -> None:
         """GET works as POST does (RPC style); other methods are 405."""
         api, _, _ = make_api()

@@ -7,26 +7,31 @@ the one-line errors for unusable C{[tls]} files.
 from __future__ import annotations
 
 import datetime
+import re
 import socket
 import ssl
+import subprocess
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.auth.certs import (
     ReloadableServerTLS,
     ServerTLSOptions,
     TLSConfigError,
+    device_certificate_problem,
     load_server_options,
     peer_common_name,
     tls_factory,
@@ -233,12 +238,13 @@ class HTTPSTestCase(TestCase):
         self.addCleanup(self.closed)
         self.addCleanup(port.stopListening)
 
-    async def closed(self) -> None:
-        """Wait until the server has seen every connection close."""
+    async def closed(self, still_open: int = 0) -> None:
+        """Wait until the server has seen every connection close but
+        C{still_open} of them."""
         from twisted.internet import reactor
 
         for _ in range(200):
-            if self.http.open_connections == 0:
+            if self.http.open_connections == still_open:
                 return
             await deferLater(reactor, 0.01)
         self.fail(f"{self.http.open_connections} connections still open")
@@ -470,6 +476,189 @@ class ClientCertificateTests(HTTPSTestCase):
         await self.assertRefused(cert=self.device("revoked", self.pki.revoked))
 
 
+def subject(*common_names: str) -> x509.Name:
+    """A subject with an organization and C{common_names} (no validation, so
+    an empty one is possible)."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mqtt-http-gateway tests"),
+            *(
+                x509.NameAttribute(NameOID.COMMON_NAME, cn, _validate=False)
+                for cn in common_names
+            ),
+        ]
+    )
+
+
+class DeviceCertificateProblemTests(SynchronousTestCase):
+    """What makes a certificate unfit to be a device's, read without TLS."""
+
+    def test_problems(self) -> None:
+        """One CN on an end-entity certificate is fine; two CNs, none, an
+        empty one or CA:TRUE are each refused with a reason."""
+        pki = make_pki()
+        self.addCleanup(pki.remove)
+        ca = pki.intermediate
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            empty = ca.issue(DEVICE, subject=subject(""))
+        cases = [
+            (pki.device, None),
+            (ca.issue(DEVICE, subject=subject(DEVICE, "admin")), "2 common names"),
+            (ca.issue(DEVICE, subject=subject()), "0 common names"),
+            (empty, "common name (CN) is empty"),
+            (ca.issue("device-ca", ca=True), "CA certificate (CA:TRUE)"),
+            (pki.intermediate, "CA certificate (CA:TRUE)"),
+        ]
+        for issued, expected in cases:
+            with warnings.catch_warnings():
+                # cryptography warns when it reads the empty CN back.
+                warnings.simplefilter("ignore", UserWarning)
+                problem = device_certificate_problem(issued.certificate)
+            if expected is None:
+                self.assertIsNone(problem)
+            else:
+                assert problem is not None
+                self.assertIn(expected, problem)
+
+
+class HostileCertificateTests(HTTPSTestCase):
+    """
+    Certificates the device CA signed but that are not one device's: two CNs
+    (which would name it?), or a CA:TRUE certificate. Each fails the handshake
+    with a log line saying why; a proper device still passes.
+    """
+
+    async def assertRefusedFor(self, issued: Issued, reason: str) -> None:
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        try:
+            await self.assertRefused(cert=self.device("hostile", issued))
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        lines = [formatEvent(e) for e in events if "Refused the TLS" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(reason, lines[0])
+
+    async def test_two_common_names(self) -> None:
+        """A subject with CN=device-42 and CN=admin is refused."""
+        await self.serve(client_cert="required")
+        hostile = self.pki.intermediate.issue(DEVICE, subject=subject(DEVICE, "admin"))
+        await self.assertRefusedFor(hostile, "its subject has 2 common names (CN)")
+        self.assertOK(await self.curl())
+
+    async def test_no_common_name(self) -> None:
+        """A subject without a CN is refused, also where certificates are
+        optional."""
+        await self.serve()
+        hostile = self.pki.intermediate.issue(DEVICE, subject=subject())
+        await self.assertRefusedFor(hostile, "its subject has 0 common names (CN)")
+
+    async def test_ca_certificate(self) -> None:
+        """A CA:TRUE certificate issued by the device CA is not a device, and
+        neither is the device CA's own certificate (it is a trust anchor when
+        client_ca holds it)."""
+        await self.serve(client_cert="required")
+        sub_ca = self.pki.intermediate.issue("device-43", ca=True)
+        await self.assertRefusedFor(sub_ca, "it is a CA certificate (CA:TRUE)")
+        await self.serve(client_cert="required", client_ca=self.pki.intermediate_ca)
+        await self.assertRefusedFor(self.pki.intermediate, "CA:TRUE")
+        self.assertOK(await self.curl())
+
+
+def openssl_ciphers(selector: str) -> list[str]:
+    """The TLS 1.2 suites this machine's OpenSSL has for C{selector}."""
+    out = subprocess.run(
+        ["openssl", "ciphers", "-tls1_2", "-s", f"{selector}:@SECLEVEL=0"],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    return [name for name in out.strip().split(":") if name]
+
+
+def negotiated(port: int, cipher: str) -> str | None:
+    """The suite C{openssl s_client -tls1_2 -cipher CIPHER} negotiates, or
+    C{None} when the handshake fails."""
+    result = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-tls1_2",
+            "-cipher",
+            f"{cipher}:@SECLEVEL=0",
+            "-servername",
+            "localhost",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=10,
+    )
+    match = re.search(r"Cipher is (\S+)", result.stdout)
+    if result.returncode != 0 or match is None or match.group(1) == "(NONE)":
+        return None
+    return match.group(1)
+
+
+class CipherTests(HTTPSTestCase):
+    """
+    TLS 1.2 negotiates AEAD suites with ECDHE only: no CBC suite, whatever the
+    client offers, with an ECDSA or an RSA server key; TLS 1.3 works as
+    before.
+    """
+
+    async def check_suites(self, key: str, aead: list[str]) -> None:
+        cbc = openssl_ciphers("ALL:COMPLEMENTOFALL:!AESGCM:!CHACHA20:!AESCCM:!ARIA")
+        self.assertGreater(len(cbc), 20)
+        self.assertIn("ECDHE-ECDSA-AES256-SHA384", cbc)
+        self.assertIn("AES256-SHA", cbc)
+        results = await in_thread(lambda: [negotiated(self.port, c) for c in cbc])
+        self.assertEqual(
+            {c: r for c, r in zip(cbc, results, strict=True) if r is not None}, {}
+        )
+        for suite in aead:
+            self.assertEqual(await in_thread(negotiated, self.port, suite), suite, key)
+        self.assertIsNone(
+            await in_thread(negotiated, self.port, "DHE-RSA-AES128-GCM-SHA256")
+        )
+        self.assertIsNone(await in_thread(negotiated, self.port, "AES128-GCM-SHA256"))
+
+    async def test_ecdsa(self) -> None:
+        """With the EC server key: only ECDHE-ECDSA with AES-GCM or ChaCha20."""
+        await self.serve()
+        await self.check_suites(
+            "ec",
+            [
+                "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+            ],
+        )
+        client = self.client(tls_version=ssl.TLSVersion.TLSv1_3)
+        answer = await in_thread(client.exchange)
+        self.assertEqual(answer.version, "TLSv1.3")
+
+    async def test_rsa(self) -> None:
+        """With an RSA server key: only ECDHE-RSA with AES-GCM or ChaCha20 (no
+        RSA key exchange, no CBC such as AES256-SHA)."""
+        server = self.pki.intermediate.issue("localhost", server=True, rsa_key=True)
+        chain, key = self.pki.write_issued("rsa-server", server)
+        await self.serve(cert=chain, key=key)
+        await self.check_suites(
+            "rsa",
+            [
+                "ECDHE-RSA-AES128-GCM-SHA256",
+                "ECDHE-RSA-AES256-GCM-SHA384",
+                "ECDHE-RSA-CHACHA20-POLY1305",
+            ],
+        )
+
+
 class ServerTests(HTTPSTestCase):
     """
     The server side: its chain, protocol versions and session resumption.
@@ -534,31 +723,56 @@ class ServerTests(HTTPSTestCase):
         self.assertTrue(second.reused)
 
 
+def closed_by_server(client: PythonClient) -> bool:
+    """Whether the server has closed C{client}'s connection: a request on it
+    gets no response."""
+    try:
+        answer = client.request(KEEP_ALIVE_REQUEST)
+    except (ssl.SSLError, OSError):
+        return True
+    return not answer.response
+
+
 class ReloadTests(HTTPSTestCase):
     """
-    swap() applies new settings to new connections; open ones keep working.
+    swap() applies new settings to new connections, and closes the open
+    connections whose device certificate the new settings refuse; the others
+    keep working.
     """
 
-    async def test_swap(self) -> None:
+    async def keep_alive(self, cert: tuple[str, str] | None) -> PythonClient:
+        """An open keep-alive connection that has been served once."""
+        client = self.client(cert=cert)
+        await in_thread(client.connect)
+        self.addCleanup(client.close)
+        answer = await in_thread(client.request, KEEP_ALIVE_REQUEST)
+        self.assertEqual(answer.status_line, b"HTTP/1.1 200 OK")
+        return client
+
+    async def test_revoked_connection_closed(self) -> None:
         """
-        After a reload with a CRL revoking device-42, its new connections fail
-        (sessions from before are not resumed) while its open keep-alive
-        connection keeps working.
+        After a reload with a CRL revoking device-42, its open keep-alive
+        connection is closed and its new handshakes (sessions from before are
+        not resumed) fail; another device's connection and one without a
+        certificate keep working.
         """
         await self.serve()
         cert = (self.pki.client_chain, self.pki.client_key)
-        kept = self.client(cert=cert)
-        await in_thread(kept.connect)
-        self.addCleanup(kept.close)
-        first = await in_thread(kept.request, KEEP_ALIVE_REQUEST)
-        self.assertEqual(first.header(b"x-client-cn"), DEVICE.encode())
+        revoked = await self.keep_alive(cert)
+        other = await self.keep_alive(
+            self.device("device-7", self.pki.intermediate.issue("device-7"))
+        )
+        anonymous = await self.keep_alive(None)
         resumer = self.client(cert=cert)
         resumable = await in_thread(resumer.exchange)
+        await self.closed(still_open=3)
 
         crl = self.pki.write_crls(
             "device-42.crl", [self.pki.intermediate.crl([self.pki.device.certificate])]
         )
-        self.tls.swap(load_server_options(tls_config(self.pki, crl=crl)))
+        closed = self.tls.swap(load_server_options(tls_config(self.pki, crl=crl)))
+        self.assertEqual(closed, 1)
+        self.assertTrue(await in_thread(closed_by_server, revoked))
         requests = len(self.handler.requests)
         await self.assertRefused()
         stale = await in_thread(attempt, resumer, resumable.session)
@@ -566,9 +780,52 @@ class ReloadTests(HTTPSTestCase):
         self.assertEqual(len(self.handler.requests), requests)
         self.assertEqual(self.tls.refused_certificates, 2)
 
-        again = await in_thread(kept.request, KEEP_ALIVE_REQUEST)
-        self.assertEqual(again.status_line, b"HTTP/1.1 200 OK")
-        self.assertEqual(again.header(b"x-client-cn"), DEVICE.encode())
+        for client, cn in ((other, b"device-7"), (anonymous, b"-")):
+            again = await in_thread(client.request, KEEP_ALIVE_REQUEST)
+            self.assertEqual(again.status_line, b"HTTP/1.1 200 OK")
+            self.assertEqual(again.header(b"x-client-cn"), cn)
+        await self.closed(still_open=2)
+
+    async def test_untrusted_connection_closed(self) -> None:
+        """
+        A new client CA that no longer trusts the device CA closes the
+        device's open connection; without client certificates at all, every
+        connection that has one is closed; a new server certificate with the
+        same trust closes none.
+        """
+        await self.serve()
+        cert = (self.pki.client_chain, self.pki.client_key)
+        device = await self.keep_alive(cert)
+        anonymous = await self.keep_alive(None)
+        server = self.pki.intermediate.issue("localhost", server=True)
+        chain, key = self.pki.write_issued("server-2", server)
+        self.assertEqual(
+            self.tls.swap(
+                load_server_options(tls_config(self.pki, cert=chain, key=key))
+            ),
+            0,
+        )
+        self.assertFalse(await in_thread(closed_by_server, device))
+
+        other = make_root("Other Root CA")  # it signed no device here
+        other_root = self.pki.write(
+            "other-root.crt", other.certificate.public_bytes(serialization.Encoding.PEM)
+        )
+        swapped = self.tls.swap(
+            load_server_options(tls_config(self.pki, client_ca=other_root))
+        )
+        self.assertEqual(swapped, 1)
+        self.assertTrue(await in_thread(closed_by_server, device))
+        self.assertFalse(await in_thread(closed_by_server, anonymous))
+
+        self.assertEqual(self.tls.swap(load_server_options(tls_config(self.pki))), 0)
+        device = await self.keep_alive(cert)
+        swapped = self.tls.swap(
+            load_server_options(tls_config(self.pki, client_cert="none"))
+        )
+        self.assertEqual(swapped, 1)
+        self.assertTrue(await in_thread(closed_by_server, device))
+        self.assertFalse(await in_thread(closed_by_server, anonymous))
 
 
 class LoadTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ devices would receive.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -235,6 +236,34 @@ class MQTT5DeliveryTests(GatewayTestCase):
         self.assertOK(await self.post("a", "", "--data", "marker"))
         message = await self.one_message()
         self.assertEqual(message.payload, b"marker")
+
+    async def test_hostile_numbers(self) -> None:
+        """Numbers of 5,000 digits from an anonymous client are 400s naming the
+        parameter (the gateway logs no error: trial would fail on one), and
+        the gateway carries on."""
+        digits = "9" * 5000
+        for query, code, name in (
+            (
+                f"MessageExpiryInterval={digits}",
+                "InvalidParameter",
+                "MessageExpiryInterval",
+            ),
+            (
+                f"PayloadFormatIndicator={digits}",
+                "InvalidParameter",
+                "PayloadFormatIndicator",
+            ),
+            (f"UserProp.{digits}.Key=k", "InvalidParameter", f"UserProp.{digits}.Key"),
+            (f"qos={digits}", "InvalidQoS", "qos"),
+        ):
+            result = await self.post("a", query, "--data", "x")
+            self.assertError(result, 400, code)
+            self.assertIn(name, json.loads(result.body)["message"])
+        result = await self.post("a", "", "-H", f"Content-Length: {digits}")
+        self.assertEqual(result.status, 400, result.raw_head)
+        self.assertIn(b"Content-Length overflow", result.body)
+        self.assertOK(await self.post("a", "", "--data", "marker"))
+        self.assertEqual((await self.one_message()).payload, b"marker")
 
 
 class BrokerRefusalTests(GatewayTestCase):

@@ -438,18 +438,24 @@ def _read_response(sock: ssl.SSLSocket) -> Response:
 
 
 class KeepAlive:
-    """A device's HTTP/1.1 keep-alive connection over TLS, in blocking Python."""
+    """An HTTP/1.1 keep-alive connection over TLS, in blocking Python: a
+    device's (its certificate) or, with C{basic}, a user's without one."""
 
-    def __init__(self, port: int, pki: PKI) -> None:
+    def __init__(self, port: int, pki: PKI, basic: str | None = None) -> None:
         context = ssl.create_default_context(cafile=pki.ca)
-        context.load_cert_chain(pki.client_chain, pki.client_key)
+        self.authorization = ""
+        if basic is None:
+            context.load_cert_chain(pki.client_chain, pki.client_key)
+        else:
+            token = base64.b64encode(basic.encode()).decode()
+            self.authorization = f"Authorization: Basic {token}\r\n"
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock = context.wrap_socket(raw, server_hostname="localhost")
 
     def post(self, topic: str) -> Response:
         self.sock.sendall(
             f"POST /topics/{topic}?qos=1 HTTP/1.1\r\nHost: localhost\r\n"
-            "Content-Length: 2\r\n\r\nhi".encode()
+            f"{self.authorization}Content-Length: 2\r\n\r\nhi".encode()
         )
         return _read_response(self.sock)
 
@@ -476,9 +482,11 @@ class SIGHUPEndToEndTests(TestCase):
 
     async def test_reload(self) -> None:
         """After SIGHUP: the new certificate is served on the same port, a newly
-        revoked device is refused, a keep-alive connection opened before still
-        works, a broken new ACL is refused with one log line while the old ACL
-        applies, and the access log is reopened."""
+        revoked device is refused and its keep-alive connection opened before
+        is closed (the reload's log line says so), another keep-alive
+        connection (Basic auth) still works, a broken new ACL is refused with
+        one log line while the old ACL applies, and the access log is
+        reopened."""
         pki = make_pki()
         self.addCleanup(pki.remove)
         files = Files(pki)
@@ -536,6 +544,9 @@ class SIGHUPEndToEndTests(TestCase):
         keep_alive = await deferToThread(KeepAlive, tls_port, pki)
         self.addCleanup(keep_alive.close)
         self.assertEqual((await deferToThread(keep_alive.post, "home")).status, 200)
+        user_kept = await deferToThread(KeepAlive, tls_port, pki, "user0:secret0")
+        self.addCleanup(user_kept.close)
+        self.assertEqual((await deferToThread(user_kept.post, "home")).status, 200)
         self.assertEqual((await device()).status, 200)
         self.assertEqual((await user0("home")).status, 200)
         self.assertEqual((await user0("other")).status, 403)
@@ -554,7 +565,13 @@ class SIGHUPEndToEndTests(TestCase):
         self.assertEqual(after, server.certificate.serial_number)
         refused = await device()
         self.assertEqual(refused.status, 0, refused.raw_head)
-        self.assertEqual((await deferToThread(keep_alive.post, "home")).status, 200)
+        self.assertIn(
+            "closed 1 open connection(s) whose device certificate they refuse",
+            daemon.output,
+        )
+        with self.assertRaises((ConnectionError, ssl.SSLError)):
+            await deferToThread(keep_alive.post, "home")
+        self.assertEqual((await deferToThread(user_kept.post, "home")).status, 200)
         refusals = [
             line for line in daemon.output.splitlines() if "Reload refused" in line
         ]

@@ -270,7 +270,7 @@ class GracefulStopTests(SessionTestCase):
         broker.accept()
         busy, idle = self.connect(factory), self.connect(factory)
         busy.protocol.dataReceived(
-            b"POST /topics/t?qos=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+            b"POST /topics/t?qos=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi"
         )
         [publish] = broker.received()
         assert isinstance(publish, codec.Publish)
@@ -295,7 +295,7 @@ class GracefulStopTests(SessionTestCase):
         broker.accept()
         busy = self.connect(factory)
         busy.protocol.dataReceived(
-            b"POST /topics/t HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+            b"POST /topics/t HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n"
         )
         stopped = root.stopService()
         self.clock.advance(10)

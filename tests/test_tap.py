@@ -10,12 +10,14 @@ import signal
 import socket
 import sys
 import tempfile
+from typing import cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from gateway.tap import Options, StartupError
+from gateway.tap import Options, StartupError, connection_cap
 from tests.brokers import Amqtt, Mosquitto, Subscriber, free_port, poll
 from tests.gateway import curl
 
@@ -34,6 +36,48 @@ def twistd(*args: str) -> Deferred[tuple[bytes, bytes, int]]:
     return getProcessOutputAndValue(  # type: ignore[no-any-return]
         TWISTD, ("--pidfile=", "-n", "mqtt-http-gateway", *args), env=os.environ
     )
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    def warnings(self, per_source: int, open_files: int) -> tuple[int, list[str]]:
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        try:
+            cap = connection_cap(per_source, open_files)
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        return cap, [
+            formatEvent(e) for e in events if e.get("log_namespace") == "gateway.tap"
+        ]
+
+    def test_open_file_limit_binds(self) -> None:
+        """With 1,024 open files the cap is 462, and one line says why, with
+        the share of one address."""
+        self.assertEqual(
+            self.warnings(256, 1024),
+            (
+                462,
+                [
+                    "The open-file limit (RLIMIT_NOFILE) is 1024: at most 462 HTTP "
+                    "connections are served at once, 256 from one client address; "
+                    "raise the limit (systemd LimitNOFILE=) to serve more"
+                ],
+            ),
+        )
+
+    def test_share_not_below_cap(self) -> None:
+        """The line warns when one address could take every connection."""
+        cap, [line] = self.warnings(256, 400)
+        self.assertEqual(cap, 150)
+        self.assertIn("150 from one client address (http.max_connections_per_", line)
+        self.assertIn("one address can take every connection", line)
+
+    def test_no_line_when_not_binding(self) -> None:
+        """With enough open files (or none set) the cap is 10,000, said by no
+        line."""
+        self.assertEqual(self.warnings(256, 1 << 20), (10_000, []))
+        self.assertEqual(self.warnings(256, -1), (10_000, []))
 
 
 class OptionsTests(SynchronousTestCase):

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from http import HTTPStatus
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
+    IAddress,
     IHalfCloseableProtocol,
     IProtocolNegotiationFactory,
     ISSLTransport,
@@ -23,6 +25,7 @@ from twisted.internet.testing import (
     StringTransport,
     StringTransportWithDisconnection,
 )
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
@@ -237,7 +240,9 @@ class RoundTripTests(SynchronousTestCase):
     def test_head_has_no_body(self) -> None:
         """A response to HEAD keeps its Content-Length but sends no body."""
         c = Connection(Handler(lambda r: HTTPResponse(405, (), b"nope")))
-        c.send(b"HEAD /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n")
+        c.send(
+            b"HEAD /x HTTP/1.1\r\nHost: gw\r\n\r\nGET /y HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
         self.assertEqual(
             c.output(),
             (
@@ -425,7 +430,8 @@ class ConnectionTests(SynchronousTestCase):
         """A chunked body arrives decoded."""
         c = Connection()
         c.send(
-            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n",
             b"6\r\n world\r\n0\r\n\r\n",
         )
         self.assertEqual(c.handler.requests[0].body, b"hello world")
@@ -481,7 +487,7 @@ class LimitTests(SynchronousTestCase):
     def test_413_chunked(self) -> None:
         """A chunked body that grows past max_body is refused as it grows."""
         c = Connection(max_body=10)
-        c.send(b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send(b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n")
         c.send(b"6\r\nhello \r\n")
         self.assertEqual(c.output(), b"")
         c.send(b"6\r\nworld!\r\n")
@@ -544,8 +550,8 @@ class LimitTests(SynchronousTestCase):
         self.assertRefused(c, 431, Code.HeadersTooLarge)
 
     def test_headers_at_limit(self) -> None:
-        c = Connection(max_header_bytes=20)
-        c.send(b"GET / HTTP/1.1\r\nAbc: " + b"v" * 17 + b"\r\n\r\n")
+        c = Connection(max_header_bytes=26)
+        c.send(b"GET / HTTP/1.1\r\nHost: gw\r\nAbc: " + b"v" * 17 + b"\r\n\r\n")
         self.assertEqual(statuses(c.output()), [200])
 
     def test_400_garbage(self) -> None:
@@ -599,7 +605,7 @@ class LimitTests(SynchronousTestCase):
         """Chunk extensions and trailers are allowed and not part of the body."""
         c = Connection()
         c.send(
-            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3;name=value\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
         )
         self.assertEqual(c.handler.requests[0].body, b"abc")
@@ -634,6 +640,166 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(c.output(), b"")
         answer.deferreds[0].callback(HTTPResponse(200))
         self.assertEqual(statuses(c.output()), [200, 400])
+
+
+class StrictFramingTests(SynchronousTestCase):
+    """
+    Framing a proxy in front could read differently is refused (RFC 9112): a
+    Transfer-Encoding other than a lone chunked, HTTP/1.1 without exactly one
+    Host, two Authorization headers, numbers in the framing of any length.
+    """
+
+    def assertRefused(self, data: bytes, status: int, message: str) -> None:
+        """C{data} is answered with exactly this error response and a close;
+        nothing reaches the handler."""
+        c = Connection()
+        c.send(data)
+        body = json.dumps({"code": "BadRequest", "message": message}).encode()
+        self.assertEqual(
+            c.output(),
+            b"HTTP/1.1 %d %s\r\n"
+            % (status, HTTPStatus(status).phrase.encode())
+            + b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            % len(body)
+            + STANDARD
+            + b"Connection: close\r\n\r\n"
+            + body,
+        )
+        self.assertEqual(c.handler.requests, [])
+        c.clock.advance(2)
+        self.assertTrue(c.closed)
+
+    def test_identity_chunked(self) -> None:
+        """C{identity, chunked} is a 501: the coding is not implemented."""
+        self.assertRefused(
+            b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: identity, chunked"
+            b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            501,
+            "the transfer coding 'identity' is not supported; send the body with "
+            "Content-Length or Transfer-Encoding: chunked alone",
+        )
+
+    def test_transfer_encodings(self) -> None:
+        """Other codings before chunked are 501; chunked not last or twice, an
+        empty element, two headers or HTTP/1.0 with the header are 400."""
+        unsupported = (
+            "the transfer coding {!r} is not supported; send the body with "
+            "Content-Length or Transfer-Encoding: chunked alone"
+        )
+        once = "Transfer-Encoding must be chunked, given once"
+        twice = "the Transfer-Encoding header is given more than once"
+        # What llhttp refuses itself, before the head is complete.
+        invalid = "malformed HTTP request: Invalid `Transfer-Encoding` header value"
+        chunked = b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        for version, head, status, message in (
+            (b"1.1", b"Transfer-Encoding: x, chunked", 501, unsupported.format("x")),
+            (
+                b"1.1",
+                b"Transfer-Encoding: GZIP,chunked",
+                501,
+                unsupported.format("gzip"),
+            ),
+            (b"1.1", b"Transfer-Encoding: chunked, chunked", 400, invalid),
+            (b"1.1", b"Transfer-Encoding: , chunked", 400, once),
+            (b"1.1", b"Transfer-Encoding: chunked, gzip", 400, invalid),
+            (
+                b"1.1",
+                b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                400,
+                invalid,
+            ),
+            (
+                b"1.1",
+                b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+                400,
+                twice,
+            ),
+            (
+                b"1.0",
+                b"Transfer-Encoding: chunked",
+                400,
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request",
+            ),
+        ):
+            data = b"POST /t HTTP/%s\r\nHost: gw\r\n%s%s" % (version, head, chunked)
+            with self.subTest(head=head):
+                self.assertRefused(data, status, message)
+
+    def test_lone_chunked(self) -> None:
+        """A lone chunked, in any case and with spaces around it, is served."""
+        for value in (b"chunked", b"Chunked", b" CHUNKED "):
+            c = Connection()
+            c.send(
+                b"POST /t HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: %s\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n" % value
+            )
+            self.assertEqual(statuses(c.output()), [200], value)
+            self.assertEqual(c.handler.requests[0].body, b"hello")
+
+    def test_host(self) -> None:
+        """HTTP/1.1 needs exactly one Host (an empty one will do); HTTP/1.0 may
+        have none, but never two; its value is a host and an optional port."""
+        self.assertRefused(
+            b"GET /t HTTP/1.1\r\n\r\n", 400, "an HTTP/1.1 request needs a Host header"
+        )
+        for version in (b"1.0", b"1.1"):
+            self.assertRefused(
+                b"GET /t HTTP/%s\r\nHost: gw\r\nHost: evil\r\n\r\n" % version,
+                400,
+                "the Host header is given more than once",
+            )
+        for value in (b"a b", b"gw/x", b"user@gw", b"gw:80:80", b"[::1"):
+            self.assertRefused(
+                b"GET /t HTTP/1.1\r\nHost: %s\r\n\r\n" % value,
+                400,
+                "the Host header is not a host with an optional port",
+            )
+        for data in (
+            b"GET /t HTTP/1.0\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost:\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: gw.example:8443\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            b"GET /t HTTP/1.1\r\nHost: iot_gw-1\r\n\r\n",
+        ):
+            c = Connection()
+            c.send(data)
+            self.assertEqual(statuses(c.output()), [200], data)
+
+    def test_two_authorizations(self) -> None:
+        """Two Authorization headers are a 400, whatever their values."""
+        self.assertRefused(
+            post(
+                headers=b"Authorization: Basic dTE6cA==\r\n"
+                b"Authorization: Basic dTI6cA==\r\n"
+            ),
+            400,
+            "the Authorization header is given more than once",
+        )
+
+    def test_long_numbers(self) -> None:
+        """A Content-Length or chunk size of 5,000 digits is a 400 naming it;
+        5,000 leading zeros are still the number after them (a 413 when that
+        is over max_body)."""
+        head = b"POST /t HTTP/1.1\r\nHost: gw\r\n"
+        self.assertRefused(
+            head + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n",
+            400,
+            "malformed HTTP request: Content-Length overflow",
+        )
+        self.assertRefused(
+            head + b"Transfer-Encoding: chunked\r\n\r\n" + b"f" * 5000 + b"\r\n",
+            400,
+            "malformed HTTP request: Chunk size overflow",
+        )
+        c = Connection()
+        c.send(head + b"Content-Length: " + b"0" * 5000 + b"5\r\n\r\nhello")
+        self.assertEqual(statuses(c.output()), [200])
+        self.assertEqual(c.handler.requests[0].body, b"hello")
+        c = Connection(max_body=4)
+        c.send(head + b"Content-Length: " + b"0" * 5000 + b"5\r\n\r\n")
+        self.assertEqual(statuses(c.output()), [413])
 
 
 class IdleTimeoutTests(SynchronousTestCase):
@@ -820,9 +986,11 @@ class HalfCloseTests(SynchronousTestCase):
 
 
 class ConnectionLimitTests(SynchronousTestCase):
-    def connect(self, factory: HTTPServerFactory) -> StringTransportWithDisconnection:
+    def connect(
+        self, factory: HTTPServerFactory, peer: IAddress | None = None
+    ) -> StringTransportWithDisconnection:
         protocol = factory.buildProtocol(None)
-        transport = StringTransportWithDisconnection()
+        transport = StringTransportWithDisconnection(peerAddress=peer)
         transport.protocol = protocol
         protocol.makeConnection(transport)
         return transport
@@ -868,6 +1036,79 @@ class ConnectionLimitTests(SynchronousTestCase):
         fourth.protocol.dataReceived(post())
         self.assertEqual(statuses(fourth.value()), [200])
         self.assertEqual(c.handler.closed, [second.protocol.connection_id])  # type: ignore[attr-defined]
+
+    def test_per_source(self) -> None:
+        """Beyond max_connections_per_source from one address a new connection
+        from it gets a 503 at once, with Retry-After; other addresses are still
+        served, and a place freed is taken again."""
+        c = Connection(max_connections=10, max_connections_per_source=2)
+        second = self.connect(c.factory)
+        third = self.connect(c.factory)
+        [(status, headers, body)] = responses(third.value())
+        self.assertEqual((status, headers[b"retry-after"]), (503, b"1"))
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(
+            json.loads(body),
+            {
+                "code": "RateLimited",
+                "message": "too many open connections from this address",
+            },
+        )
+        other = self.connect(c.factory, IPv4Address("TCP", "192.168.1.2", 40000))
+        other.protocol.dataReceived(post())
+        self.assertEqual(statuses(other.value()), [200])
+        self.assertEqual(
+            (c.factory.open_connections, c.factory.refused_connections), (3, 1)
+        )
+        second.loseConnection()
+        fourth = self.connect(c.factory)
+        fourth.protocol.dataReceived(post())
+        self.assertEqual(statuses(fourth.value()), [200])
+        refused = self.connect(c.factory)
+        self.assertEqual(statuses(refused.value()), [503])
+
+    def test_per_source_logged_once_a_minute(self) -> None:
+        """Refusals over the per-source cap are logged at most once a minute,
+        with how many there were."""
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        c = Connection(
+            max_connections=10, max_connections_per_source=1, idle_timeout=1000
+        )
+        for _ in range(3):
+            self.connect(c.factory)
+        c.clock.advance(59)
+        self.connect(c.factory)
+        c.clock.advance(1)
+        self.connect(c.factory)
+        lines = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace") == "gateway.web.server"
+        ]
+        self.assertEqual(
+            lines,
+            [
+                "Refused 1 connection(s) over max_connections_per_source (1) since "
+                "the last such line, the latest from 192.168.1.1",
+                "Refused 4 connection(s) over max_connections_per_source (1) since "
+                "the last such line, the latest from 192.168.1.1",
+            ],
+        )
+
+    def test_per_source_ipv6_and_unix(self) -> None:
+        """IPv6 clients count by address; all clients of a UNIX socket are one."""
+        c = Connection(max_connections=10, max_connections_per_source=1)
+        a = IPv6Address("TCP", "2001:db8::1", 1)
+        b = IPv6Address("TCP", "2001:db8::2", 1)
+        self.assertEqual(self.connect(c.factory, a).value(), b"")
+        self.assertEqual(self.connect(c.factory, b).value(), b"")
+        self.assertEqual(statuses(self.connect(c.factory, a).value()), [503])
+        unix = UNIXAddress(b"/run/gw.sock")
+        self.assertEqual(self.connect(c.factory, unix).value(), b"")
+        self.assertEqual(statuses(self.connect(c.factory, unix).value()), [503])
 
     def test_refusals_bounded(self) -> None:
         """Refused connections linger only up to max_connections of them; beyond
@@ -1021,7 +1262,10 @@ class FailureTests(SynchronousTestCase):
         c = Connection(handler)
         c.send(b"garbage\r\n\r\n")
         [(status, _, body)] = responses(c.output())
-        self.assertEqual((status, body), (400, b"malformed HTTP request\n"))
+        self.assertEqual(
+            (status, body),
+            (400, b"malformed HTTP request: Invalid method encountered\n"),
+        )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_connection_lost_before_answer(self) -> None:

@@ -224,6 +224,28 @@ class ParsePublishTests(SynchronousTestCase):
                 "UserProp.0.Key",
             ),
             (b"UserProp.x.Key=k", Code.InvalidParameter, "UserProp.x.Key"),
+            # Numbers of any length are refused, not a crash (int() stops at 4300).
+            (b"qos=" + b"1" * 5000, Code.InvalidQoS, "qos"),
+            (
+                b"MessageExpiryInterval=" + b"9" * 5000,
+                Code.InvalidParameter,
+                "MessageExpiryInterval",
+            ),
+            (
+                b"PayloadFormatIndicator=" + b"1" * 5000,
+                Code.InvalidParameter,
+                "PayloadFormatIndicator",
+            ),
+            (
+                b"UserProp." + b"7" * 5000 + b".Key=k",
+                Code.InvalidParameter,
+                "UserProp." + "7" * 5000 + ".Key",
+            ),
+            (
+                b"UserProp.4294967296.Value=v",
+                Code.InvalidParameter,
+                "UserProp.4294967296.Value",
+            ),
             (b"qos=1&QoS=1", Code.InvalidParameter, "QoS"),
             (b"ContentType=%FF", Code.InvalidParameter, "ContentType"),
             (b"ContentType=a%00", Code.InvalidParameter, "ContentType"),
@@ -249,6 +271,18 @@ class ParsePublishTests(SynchronousTestCase):
             self.assertEqual((e.exception.status, e.exception.code), (400, code), query)
             self.assertIn(name, e.exception.message, query)
             self.assertEqual(e.exception.parameter, name, query)
+
+    def test_leading_zeros(self) -> None:
+        """Leading zeros do not count: 5,000 of them before 42 are still 42, and
+        UserProp.0001 is UserProp.1."""
+        asked = parse_publish(
+            request(
+                b"/topics/t?MessageExpiryInterval=" + b"0" * 5000 + b"42"
+                b"&UserProp.0001.Key=k&UserProp.1.Value=v"
+            )
+        )
+        self.assertEqual(asked.message.message_expiry_interval, 42)
+        self.assertEqual(asked.message.user_properties, (("k", "v"),))
 
     def test_correlation_data_is_binary(self) -> None:
         """CorrelationData is binary: control bytes are fine, 65535 bytes at most."""

@@ -9,7 +9,14 @@ endpoint; L{peer_common_name} reads a sender's identity from its verified
 certificate.
 
 Choices made here:
-  - TLS 1.2 is the minimum; renegotiation is off.
+  - TLS 1.2 is the minimum; renegotiation is off. TLS 1.2 offers AEAD suites
+    with forward secrecy only (ECDHE with AES-GCM or ChaCha20-Poly1305): no CBC
+    suite (LUCKY13 and its kin), no RSA key exchange. TLS 1.3 suites are all
+    AEAD already and stay OpenSSL's.
+  - A device certificate is an end-entity certificate (not CA:TRUE; a CA's
+    certificate is not a device, whoever issued it) with exactly one non-empty
+    common name (CN) in its subject: which of two CNs would name the device is
+    ambiguous. Anything else fails the handshake like an untrusted certificate.
   - Session resumption is on: stateless session tickets (TLS 1.2 and 1.3) and a
     server-side session cache for TLS 1.2 clients without ticket support (BearSSL
     on many microcontrollers). A resumed session keeps the client certificate
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -45,7 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, X509StoreFlags
+from OpenSSL.crypto import X509, X509StoreContext, X509StoreContextError, X509StoreFlags
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
@@ -62,6 +70,7 @@ __all__ = [
     "ReloadableServerTLS",
     "ServerTLSOptions",
     "TLSConfigError",
+    "device_certificate_problem",
     "load_server_options",
     "peer_common_name",
     "tls_factory",
@@ -77,6 +86,19 @@ CLIENT_CERT_MODES = ("none", "optional", "required")
 # requested (OpenSSL refuses to resume otherwise). Sessions never cross settings
 # sets (each context has its own cache and ticket keys), so a constant will do.
 _SESSION_ID_CONTEXT = b"mqtt-http-gateway"
+
+# TLS 1.2: ECDHE (forward secrecy) with an AEAD cipher, for ECDSA and RSA server
+# keys; AES-GCM first (hardware AES nearly everywhere), ChaCha20 for the rest.
+_TLS12_CIPHERS = b":".join(
+    (
+        b"ECDHE-ECDSA-AES128-GCM-SHA256",
+        b"ECDHE-RSA-AES128-GCM-SHA256",
+        b"ECDHE-ECDSA-AES256-GCM-SHA384",
+        b"ECDHE-RSA-AES256-GCM-SHA384",
+        b"ECDHE-ECDSA-CHACHA20-POLY1305",
+        b"ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
@@ -141,6 +163,7 @@ class ServerTLSOptions:
         """
         self.client_cert = client_cert
         self.crl_check: CRLCheck = "off"
+        self._store: Any = None
         self.refused_certificates = 0
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -150,6 +173,7 @@ class ServerTLSOptions:
             | SSL.OP_NO_RENEGOTIATION
         )
         context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        context.set_cipher_list(_TLS12_CIPHERS)
         context.use_certificate(chain[0])
         for certificate in chain[1:]:
             context.add_extra_chain_cert(certificate)
@@ -167,6 +191,7 @@ class ServerTLSOptions:
             context.set_verify(mode, self._verified)
             store = context.get_cert_store()
             assert store is not None
+            self._store = store
             for anchor in anchors:
                 store.add_cert(X509.from_cryptography(anchor))
                 context.add_client_ca(anchor)
@@ -192,6 +217,22 @@ class ServerTLSOptions:
         """
         return SSL.Connection(self.context, None)
 
+    def refusal(self, certificate: X509, chain: Sequence[X509] = ()) -> str | None:
+        """
+        Why these settings refuse C{certificate} (sent with the intermediates
+        C{chain}) as a device certificate now, or C{None}: it does not chain to
+        C{client_ca}, a CRL revokes it, it has expired, it is not a device's
+        (L{device_certificate_problem}), or client certificates are not taken.
+        For an open connection made with other settings.
+        """
+        if self.client_cert == "none":
+            return "the TLS settings take no client certificates any more"
+        try:
+            X509StoreContext(self._store, certificate, list(chain)).verify_certificate()
+        except X509StoreContextError as error:
+            return f"its certificate is refused: {error}"
+        return _device_problem(certificate)
+
     def _verified(
         self,
         connection: SSL.Connection,
@@ -201,20 +242,27 @@ class ServerTLSOptions:
         ok: int,
     ) -> bool:
         """
-        OpenSSL's verdict on one certificate of a client's chain, unchanged;
+        OpenSSL's verdict on one certificate of a client's chain, and for the
+        device's own certificate (depth 0) L{device_certificate_problem};
         refusals are counted and logged.
         """
+        reason: str | None = None
         if not ok:
-            self.refused_certificates += 1
-            _log.info(
-                "Refused the TLS client certificate of {peer}: {reason} "
-                "(depth {depth}: {subject})",
-                peer=_peer(connection),
-                reason=f"{_VERIFY_ERRORS.get(error, 'X509 error')} ({error})",
-                depth=depth,
-                subject=_subject(certificate),
-            )
-        return bool(ok)
+            reason = f"{_VERIFY_ERRORS.get(error, 'X509 error')} ({error})"
+        elif depth == 0:
+            reason = _device_problem(certificate)
+        if reason is None:
+            return True
+        self.refused_certificates += 1
+        _log.info(
+            "Refused the TLS client certificate of {peer}: {reason} "
+            "(depth {depth}: {subject})",
+            peer=_peer(connection),
+            reason=reason,
+            depth=depth,
+            subject=_subject(certificate),
+        )
+        return False
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -223,7 +271,11 @@ class ReloadableServerTLS:
     The server TLS settings of a listener, replaceable while it runs.
 
     Each new connection is made with the current settings; L{swap} replaces them
-    for connections accepted afterwards and leaves open connections alone.
+    for connections accepted afterwards, and closes the open connections whose
+    device certificate the new settings refuse (revoked by the new CRL, no
+    longer trusted by the new client CA, no client certificates taken any
+    more): a revoked device must not keep publishing on a keep-alive
+    connection. Other open connections are left alone.
     """
 
     def __init__(self, options: IOpenSSLServerConnectionCreator) -> None:
@@ -233,6 +285,10 @@ class ReloadableServerTLS:
         """
         self._options = options
         self._retired_refusals = 0
+        # Each open connection (its TLS protocol) and the settings it was made
+        # with; entries go when the protocol does.
+        self._open: weakref.WeakKeyDictionary[Any, IOpenSSLServerConnectionCreator]
+        self._open = weakref.WeakKeyDictionary()
 
     @property
     def options(self) -> IOpenSSLServerConnectionCreator:
@@ -249,18 +305,50 @@ class ReloadableServerTLS:
         """
         return self._retired_refusals + _refusals(self._options)
 
-    def swap(self, options: IOpenSSLServerConnectionCreator) -> None:
+    def swap(self, options: IOpenSSLServerConnectionCreator) -> int:
         """
-        Make new connections with C{options} from now on.
+        Make new connections with C{options} from now on, and close the open
+        connections whose client certificate C{options} would refuse (see
+        L{ServerTLSOptions.refusal}). A connection still in its handshake that
+        was asked for a certificate is closed too: it was verified (or is
+        being verified) against the old settings, and the client can connect
+        again at once. Each closed connection is logged.
+
+        @return: how many connections were closed.
         """
         self._retired_refusals += _refusals(self._options)
         self._options = options
+        closed = 0
+        for protocol, made_with in list(self._open.items()):
+            connection = protocol.getHandle() if protocol.connected else None
+            if connection is None or made_with is options:
+                continue
+            if getattr(made_with, "client_cert", "none") == "none":
+                continue  # no device certificate on it
+            reason: str | None
+            if connection.get_peer_finished() is None:
+                reason = "its handshake was not complete when the settings changed"
+            else:
+                reason = _refusal(options, connection)
+            if reason is None:
+                continue
+            _log.info(
+                "Closed the TLS connection of {peer} after a reload: {reason}",
+                peer=_peer(connection),
+                reason=reason,
+            )
+            protocol.abortConnection()
+            closed += 1
+        return closed
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
         A new server-side TLS connection with the current settings.
         """
-        return self._options.serverConnectionForTLS(tlsProtocol)
+        options = self._options
+        connection = options.serverConnectionForTLS(tlsProtocol)
+        self._open[tlsProtocol] = options
+        return connection
 
 
 def load_server_options(tls: TLSConfig) -> ServerTLSOptions:
@@ -330,13 +418,50 @@ def tls_factory(
 
 def peer_common_name(certificate: x509.Certificate) -> str | None:
     """
-    The first common name (CN) in C{certificate}'s subject, or C{None} if it has
-    none (or an empty one).
+    The common name (CN) in C{certificate}'s subject, or C{None} unless it has
+    exactly one, not empty.
     """
-    for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
-        value = attribute.value
-        return value if isinstance(value, str) and value else None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) and value else None
+
+
+def device_certificate_problem(certificate: x509.Certificate) -> str | None:
+    """
+    Why C{certificate} cannot be a device's, or C{None}: a device certificate
+    is an end-entity certificate (no C{CA:TRUE} basic constraint) whose subject
+    has exactly one common name, not empty.
+    """
+    try:
+        constraints = certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        ).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        return "it is a CA certificate (CA:TRUE), not a device certificate"
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return (
+            f"its subject has {len(names)} common names (CN); a device "
+            "certificate needs exactly one"
+        )
+    if not names[0].value:
+        return "its common name (CN) is empty"
     return None
+
+
+def _device_problem(certificate: X509) -> str | None:
+    """
+    L{device_certificate_problem} of an OpenSSL certificate; one that cannot be
+    read is refused too (a verify callback must not raise).
+    """
+    try:
+        return device_certificate_problem(certificate.to_cryptography())
+    except Exception as error:
+        return f"its certificate cannot be read: {_first_line(error)}"
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
@@ -369,6 +494,19 @@ def _crl_scope(
     ):
         return "chain"
     return "leaf"
+
+
+def _refusal(options: object, connection: SSL.Connection) -> str | None:
+    """
+    Why C{options} refuse the client certificate of C{connection}, or C{None}
+    (also for settings that cannot say, and for a connection without one).
+    """
+    certificate = connection.get_peer_certificate()
+    refusal = getattr(options, "refusal", None)
+    if certificate is None or refusal is None:
+        return None
+    reason: str | None = refusal(certificate, connection.get_peer_cert_chain() or [])
+    return reason
 
 
 def _refusals(options: object) -> int:

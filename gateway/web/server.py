@@ -6,13 +6,16 @@ It parses requests into L{HTTPRequest} values, hands each one to a
 L{RequestHandler} at once (pipelined requests run concurrently) and writes the
 L{HTTPResponse} values back strictly in request order. Limits are answered, not
 dropped: 413 for bodies over C{max_body} (before the body is read), 414 for long
-request targets, 431 for large header blocks and 400 for anything llhttp refuses.
+request targets, 431 for large header blocks, 400 for anything llhttp refuses
+(saying what, e.g. C{Content-Length overflow}), and 400 or 501 for framing a
+proxy in front could read differently (L{gateway.web.framing}).
 
 Flow control: a connection stops reading while it has C{max_pipeline} requests
 outstanding or while its transport cannot take more output (a client that does
 not read its responses); a request must arrive whole within C{request_timeout} of
 its first byte, however slowly its bytes trickle in; beyond C{max_connections}
-open connections a new one is answered 503 at once and closed.
+open connections, or beyond C{max_connections_per_source} from one client
+address, a new one is answered 503 at once and closed.
 L{HTTPServerFactory.drain} ends every connection gracefully for a shutdown.
 
 All responses are C{HTTP/1.1}, also to HTTP/1.0 clients (RFC 9110 section 2.5 lets
@@ -54,13 +57,17 @@ from zope.interface import implementer
 
 from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError
+from gateway.web.framing import framing_error
 from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.numbers import bounded_integer
 
 __all__ = [
     "HTTPServerFactory",
     "HTTPServerProtocol",
     "RequestHandler",
     "connection_limit",
+    "limited_by_open_files",
+    "open_file_limit",
 ]
 
 _log = Logger()
@@ -93,6 +100,10 @@ _LINGER_SECONDS = 2.0
 # used only by the guard against one huge header that llhttp buffers.
 _HEAD_SLACK = 4096
 
+# At most one log line per this many seconds about connections refused over the
+# per-source cap (a flood must not flood the log).
+_SOURCE_LOG_SECONDS = 60.0
+
 # File descriptors kept free of HTTP connections (broker connections, log files,
 # the listening sockets ...), and the most connections served by default.
 _RESERVED_FILES = 100
@@ -113,9 +124,20 @@ def connection_limit(open_files: int) -> int:
     return max(1, min(_MAX_CONNECTIONS, (open_files - _RESERVED_FILES) // 2))
 
 
-def _default_connection_limit() -> int:
+def limited_by_open_files(open_files: int) -> bool:
+    """
+    Whether C{open_files} (see L{connection_limit}) holds the default cap on
+    connections below its maximum of 10,000: the limit to raise for more.
+    """
+    return open_files >= 0 and connection_limit(open_files) < _MAX_CONNECTIONS
+
+
+def open_file_limit() -> int:
+    """
+    The process's soft C{RLIMIT_NOFILE}, or -1 when it has none.
+    """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return connection_limit(-1 if soft == resource.RLIM_INFINITY else soft)
+    return -1 if soft == resource.RLIM_INFINITY else soft
 
 
 class RequestHandler(typing.Protocol):
@@ -180,8 +202,11 @@ class HTTPServerFactory(Factory):
     answers a client's ALPN offer with a handshake failure unless the wrapped
     factory names protocols, and C{curl --http1.0} offers only C{http/1.0}.
 
-    Beyond C{max_connections} open connections, and once L{drain} was called, a
-    new connection is refused rather than left waiting: it gets a 503 (code
+    Beyond C{max_connections} open connections, beyond
+    C{max_connections_per_source} open connections from the new one's client
+    address (so that one host cannot hold them all; with C{haproxy:} endpoints
+    the address the proxy reports), and once L{drain} was called, a new
+    connection is refused rather than left waiting: it gets a 503 (code
     C{RateLimited}, C{Retry-After: 1}, C{Connection: close}) as soon as it is
     accepted, and input is read and dropped for a moment before it closes (so
     that the close does not become a reset that destroys the answer). Refused
@@ -210,6 +235,7 @@ class HTTPServerFactory(Factory):
         request_timeout: float | None = None,
         max_pipeline: int = 32,
         max_connections: int | None = None,
+        max_connections_per_source: int = 256,
         access_log: Callable[[dict[str, object]], None] | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -229,6 +255,9 @@ class HTTPServerFactory(Factory):
             reading pauses at that count.
         @param max_connections: the most connections served at once (see above);
             if C{None}, L{connection_limit} of the process's open file limit.
+        @param max_connections_per_source: the most connections served at once
+            to one client address (IP address; for UNIX sockets all clients
+            are one).
         @param access_log: called with one dict per response written (the keys of
             SPEC section 10), or C{None}.
         @param clock: the time source and scheduler; the global reactor if
@@ -245,8 +274,9 @@ class HTTPServerFactory(Factory):
         )
         self.max_pipeline = max(1, max_pipeline)
         if max_connections is None:
-            max_connections = _default_connection_limit()
+            max_connections = connection_limit(open_file_limit())
         self.max_connections = max(1, max_connections)
+        self.max_connections_per_source = max(1, max_connections_per_source)
         self.access_log = access_log
         self.clock = clock
         self.open_connections = 0
@@ -254,6 +284,9 @@ class HTTPServerFactory(Factory):
         self.refusing = 0
         self.draining = False
         self._connections: set[HTTPServerProtocol] = set()
+        self._per_source: dict[str, int] = {}
+        self._source_refusals = 0  # not logged yet
+        self._source_logged = -_SOURCE_LOG_SECONDS
         self._drained: list[Deferred[None]] = []
         self._drain_timer: IDelayedCall | None = None
         self._date_second = -1
@@ -319,22 +352,56 @@ class HTTPServerFactory(Factory):
         for d in waiting:
             d.callback(None)
 
-    def connection_opened(self, protocol: HTTPServerProtocol) -> bool:
+    def connection_opened(self, protocol: HTTPServerProtocol) -> str | None:
         """
         Count a new connection, unless it must be refused.
 
-        @return: C{True} to serve it, C{False} to refuse it.
+        @return: C{None} to serve it, or why it is refused (a sentence for the
+            client).
         """
-        if self.draining or self.open_connections >= self.max_connections:
-            return False
+        if self.draining:
+            return "the gateway is shutting down"
+        if self.open_connections >= self.max_connections:
+            return "the gateway has too many open connections"
+        source = protocol.source
+        count = self._per_source.get(source, 0)
+        if count >= self.max_connections_per_source:
+            self._source_refused(source)
+            return "too many open connections from this address"
+        self._per_source[source] = count + 1
         self.open_connections += 1
         self._connections.add(protocol)
-        return True
+        return None
+
+    def _source_refused(self, source: str) -> None:
+        """
+        Count a refusal over the per-source cap; log the count, at most once a
+        minute.
+        """
+        self._source_refusals += 1
+        now = self.clock.seconds()
+        if now - self._source_logged < _SOURCE_LOG_SECONDS:
+            return
+        _log.warn(
+            "Refused {count} connection(s) over max_connections_per_source "
+            "({limit}) since the last such line, the latest from {source}",
+            count=self._source_refusals,
+            limit=self.max_connections_per_source,
+            source=source,
+        )
+        self._source_refusals = 0
+        self._source_logged = now
 
     def connection_ended(self, protocol: HTTPServerProtocol) -> None:
         """A connection that L{connection_opened} counted has closed."""
         self.open_connections -= 1
         self._connections.discard(protocol)
+        source = protocol.source
+        count = self._per_source.get(source, 1) - 1
+        if count > 0:
+            self._per_source[source] = count
+        else:
+            self._per_source.pop(source, None)
         if self.draining and not self._connections and self._drained:
             self._fire_drained()
 
@@ -394,6 +461,7 @@ class HTTPServerProtocol(Protocol):
         self._queue: deque[_Slot] = deque()
         self.connection_id = os.urandom(8).hex()
         self.peer = ""
+        self.source = ""  # the client's address without the port
         self._connected = False
         self._reading = True  # False once no further request will be parsed
         self._closing = False  # loseConnection called
@@ -446,28 +514,26 @@ class HTTPServerProtocol(Protocol):
         # connection, the session tickets), which costs a delayed ACK (~40 ms).
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
-        self.peer = _format_peer(transport.getPeer())
+        address = transport.getPeer()
+        self.peer = _format_peer(address)
+        self.source = _source(address)
         self._tls = ISSLTransport.providedBy(transport)
         self._now = self._last_activity = self._clock.seconds()
         factory = self._factory
-        if not factory.connection_opened(self):
-            self._refuse()
+        refusal = factory.connection_opened(self)
+        if refusal is not None:
+            self._refuse(refusal)
             return
         cast(IConsumer, transport).registerProducer(self, True)
         self._producing = True
         self._idle_call = self._clock.callLater(factory.idle_timeout, self._check_idle)
 
-    def _refuse(self) -> None:
+    def _refuse(self, why: str) -> None:
         factory = self._factory
         self._refused = True
         self._certificate_fetched = True  # no handshake is waited for
         factory.refused_connections += 1
         factory.refusing += 1
-        why = (
-            "the gateway is shutting down"
-            if factory.draining
-            else "the gateway has too many open connections"
-        )
         self._fail(
             GatewayError(Code.RateLimited, why, status=503, retry_after=1),
             linger=factory.refusing <= factory.max_connections,
@@ -581,7 +647,13 @@ class HTTPServerProtocol(Protocol):
             if self._reading:
                 cause = error.__context__
                 if cause is None or isinstance(cause, _Abort):
-                    self._fail(GatewayError(Code.BadRequest, "malformed HTTP request"))
+                    # llhttp's reasons are fixed sentences naming the part at
+                    # fault, e.g. "Content-Length overflow".
+                    self._fail(
+                        GatewayError(
+                            Code.BadRequest, f"malformed HTTP request: {error}"
+                        )
+                    )
                 else:
                     _log.failure(
                         "HTTP server bug while parsing a request",
@@ -665,12 +737,14 @@ class HTTPServerProtocol(Protocol):
             self._abort(
                 GatewayError(Code.BadRequest, "protocol upgrades are not supported")
             )
-        if self._content_length is not None:
-            try:
-                declared = int(self._content_length)
-            except ValueError:
-                declared = 0  # llhttp refuses it right after this callback
-            if declared > self._max_body:
+        problem = framing_error(self._version, self._headers)
+        if problem is not None:
+            self._abort(problem)
+        length = self._content_length
+        if length is not None:
+            # llhttp has checked the digits; a number of any length is bounded.
+            length = length.strip()
+            if length.isdigit() and bounded_integer(length, 0, self._max_body) is None:
                 self._abort(self._too_large())
         if self._expect_continue and version == "1.1":
             if self._queue:
@@ -1084,6 +1158,18 @@ def _header_line(name: str, value: str) -> bytes:
     if "\r" in line or "\n" in line:
         line = line.translate(_NO_CRLF)
     return (line + "\r\n").encode("utf-8")
+
+
+def _source(address: IAddress) -> str:
+    """
+    The client address that per-source limits count: the IP address, or
+    C{"unix"} for every client of a UNIX socket.
+    """
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host
+    if isinstance(address, UNIXAddress):
+        return "unix"
+    return str(address)
 
 
 def _format_peer(address: IAddress) -> str:

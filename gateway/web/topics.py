@@ -24,6 +24,7 @@ from gateway.errors import Code, GatewayError
 from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.numbers import bounded_integer
 
 TOPICS_PREFIX = b"/topics/"
 MAX_U32 = 4294967295
@@ -139,10 +140,8 @@ def _response_topic(name: str, value: str) -> str:
 
 
 def _integer(name: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not value.isascii():
-        raise _invalid(name, f"must be an integer from {low} to {high}")
-    number = int(value)
-    if not low <= number <= high:
+    number = bounded_integer(value, low, high)
+    if number is None:
         raise _invalid(name, f"must be an integer from {low} to {high}")
     return number
 
@@ -166,6 +165,8 @@ _PARAMETERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     ),
 }
 _USER_PROPERTY = "userprop."
+# The N of UserProp.N.Key/Value only orders the properties; any 32-bit N will do.
+_MAX_USER_PROPERTY = MAX_U32
 
 
 def _user_properties(
@@ -202,10 +203,16 @@ def parse_publish(request: HTTPRequest) -> PublishRequest:
             continue
         if key.startswith(_USER_PROPERTY):
             index, _, part = key[len(_USER_PROPERTY) :].partition(".")
-            valid_index = index.isdigit() and index.isascii() and int(index) > 0
-            if valid_index and part in ("key", "value"):
-                user_found.setdefault(int(index), {})[part] = _string(name, value)
-                user_names[int(index)] = name
+            if part in ("key", "value"):
+                number = bounded_integer(index, 1, _MAX_USER_PROPERTY)
+                if number is None:
+                    raise _invalid(
+                        name,
+                        f"N in UserProp.N.{part.title()} must be an integer "
+                        f"from 1 to {_MAX_USER_PROPERTY}",
+                    )
+                user_found.setdefault(number, {})[part] = _string(name, value)
+                user_names[number] = name
                 continue
         raise _invalid(name, "unknown parameter")
     client_id = fields.pop("client_id", None)
