@@ -10,12 +10,14 @@ import hashlib
 import os
 import socket
 import ssl
+from typing import TYPE_CHECKING, Any
 
 import trustme
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from tests import rawmqtt
 from tests.brokers import (
     Amqtt,
     BrokerStartError,
@@ -25,6 +27,13 @@ from tests.brokers import (
     free_port,
     publish,
 )
+from tests.brokers_more import Aedes
+from tests.linkcutter import LinkCutter
+
+if TYPE_CHECKING:
+    _TestCase = unittest.TestCase
+else:
+    _TestCase = object
 
 
 class MosquittoTests(unittest.TestCase):
@@ -285,6 +294,185 @@ class AmqttTests(unittest.TestCase):
             await deferLater(reactor, 1)
             # Neither a CONNACK nor a closed connection (recv would return b"").
             self.assertRaises(BlockingIOError, s.recv, 16)
+
+
+class _SmokeTests(_TestCase):
+    """
+    What every broker of the matrix must do, directly and through a LinkCutter;
+    a subclass starts C{self.broker} in setUp and sets C{delivered_qos} to the
+    QoS a QoS 2 subscriber receives QoS 0, 1 and 2 publishes at (3.1.1 clients).
+    """
+
+    broker: Any
+    delivered_qos = (0, 1, 2)
+
+    async def _publishAll(self, host: str, port: int, prefix: str) -> None:
+        subscriber = Subscriber(host, port, f"{prefix}/#", protocol=4)
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        for qos in (0, 1, 2):
+            await publish(host, port, f"{prefix}/{qos}", b"x%d" % qos, qos=qos)
+        messages = await subscriber.wait_for(3)
+        self.assertEqual(
+            [(m.topic, m.payload, m.qos) for m in messages],
+            [
+                (f"{prefix}/{qos}", b"x%d" % qos, got)
+                for qos, got in zip((0, 1, 2), self.delivered_qos, strict=True)
+            ],
+        )
+
+    async def test_qos_0_1_2(self) -> None:
+        """paho publishes at QoS 0, 1 and 2 and the subscriber gets all three."""
+        await self._publishAll(self.broker.host, self.broker.port, "direct")
+
+    async def test_through_link_cutter(self) -> None:
+        """
+        Through a LinkCutter the same publishes arrive; a cut drops the
+        subscriber's connection (it reconnects and subscribes again by itself).
+        """
+        cutter = LinkCutter(self.broker.host, self.broker.port)
+        cutter.start()
+        self.addCleanup(cutter.stop)
+        await self._publishAll(cutter.host, cutter.port, "cut")
+        subscriber = Subscriber(cutter.host, cutter.port, "after/#", protocol=4)
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        self.assertEqual(cutter.cut(), 2)
+        await subscriber.wait_subscribed(2)
+        await publish(cutter.host, cutter.port, "after/cut", b"y", qos=1)
+        [message] = await subscriber.wait_for(1)
+        self.assertEqual(message.payload, b"y")
+        self.assertEqual(cutter.cuts, 2)
+
+    def raw(self) -> rawmqtt.RawClient:
+        """A raw connection to the broker, closed at cleanup."""
+        client = rawmqtt.RawClient(self.broker.host, self.broker.port)
+        self.addCleanup(client.close)
+        return client
+
+    def rawConnected(self, client_id: str, clean: bool = True) -> rawmqtt.RawClient:
+        """A raw 3.1.1 connection that has had its CONNACK (return code 0)."""
+        client = self.raw()
+        client.send(rawmqtt.connect(client_id, clean=clean))
+        connack = client.read()
+        assert connack is not None
+        self.assertEqual((connack.kind, connack.body[1]), (rawmqtt.CONNACK, 0))
+        return client
+
+
+class AedesTests(_SmokeTests, unittest.TestCase):
+    """
+    Aedes 1.2 (npm), measured here: MQTT 3.1.1 only; a QoS 2 message is delivered
+    on PUBLISH, before PUBREL; the inbound QoS 2 state (dedup by packet id) lasts
+    while both connections are clean_session=0, though CONNACK's session-present
+    flag stays 0 for a client without subscriptions; topic strings are not
+    checked (U+0000, U+0001, U+FFFF, ill-formed UTF-8 are all published); over
+    100 topic levels disconnect; no packet size limit (200 MB was taken).
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.broker = Aedes()
+        self.addCleanup(self.broker.stop)
+        return self.broker.start()  # type: ignore[no-any-return]
+
+    def test_mqtt5_refused(self) -> None:
+        """
+        An MQTT 5 CONNECT, with or without properties, gets a 3.1.1-style
+        CONNACK with return code 1 (unacceptable protocol version), then the
+        broker closes the connection.
+        """
+        for properties in (b"", b"\x11\x00\x00\x00\x3c"):
+            body = b"\x00\x04MQTT\x05\x02\x00\x1e" + bytes([len(properties)])
+            client = self.raw()
+            client.send(rawmqtt.packet(1, 0, body + properties + b"\x00\x01x"))
+            self.assertEqual(
+                client.replies(),
+                ([rawmqtt.Packet(rawmqtt.CONNACK, 0, b"\x00\x01")], True),
+            )
+
+    async def test_qos2_delivered_on_publish(self) -> None:
+        """
+        Aedes forwards a QoS 2 message when the PUBLISH comes (it answers PUBREC),
+        not on PUBREL: a publisher whose link is cut before PUBREL has delivered.
+        """
+        subscriber = Subscriber(self.broker.host, self.broker.port, protocol=4)
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        client = self.rawConnected("q2-early")
+        client.send(rawmqtt.publish(b"early", b"1", qos=2, packet_id=7))
+        self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBREC, 7))
+        [message] = await subscriber.wait_for(1)
+        self.assertEqual((message.topic, message.qos), ("early", 2))
+
+    async def test_qos2_dup_on_resumed_session(self) -> None:
+        """
+        A DUP re-sent QoS 2 PUBLISH with the same packet id after a reconnect is
+        dropped (PUBREC again, delivered once) only when both connections were
+        clean_session=0; if either was clean_session=1 it is delivered again.
+        CONNACK says session-present 0 even on the resumed session (the client
+        has no subscriptions).
+        """
+        subscriber = Subscriber(self.broker.host, self.broker.port, protocol=4)
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        cases = {"c00": (False, False), "c01": (False, True), "c10": (True, False)}
+        for topic, (first, second) in cases.items():
+            client = self.rawConnected(topic, clean=first)
+            client.send(rawmqtt.publish(topic.encode(), b"1", qos=2, packet_id=9))
+            self.assertEqual(
+                client.read(),
+                rawmqtt.expected_ack(rawmqtt.PUBREC, 9),
+            )
+            client.close()
+            again = self.raw()
+            again.send(rawmqtt.connect(topic, clean=second))
+            self.assertEqual(
+                again.read(), rawmqtt.Packet(rawmqtt.CONNACK, 0, b"\x00\x00")
+            )
+            again.send(
+                rawmqtt.publish(topic.encode(), b"1", qos=2, packet_id=9, dup=True)
+            )
+            again.send(rawmqtt.ack(rawmqtt.PUBREL, 9))
+            self.assertEqual(
+                [p.kind for p in again.replies()[0]], [rawmqtt.PUBREC, rawmqtt.PUBCOMP]
+            )
+        await subscriber.wait_for(5)
+        await deferLater(reactor, 0.3)
+        self.assertEqual(
+            sorted(m.topic for m in subscriber.messages),
+            ["c00", "c01", "c01", "c10", "c10"],
+        )
+
+    async def test_strings_unchecked_levels_limited(self) -> None:
+        """
+        Topics with U+0000, U+0001, U+FFFF, U+0085 or ill-formed UTF-8 are
+        acknowledged and delivered; a topic of 101 levels closes the connection
+        without an acknowledgement.
+        """
+        subscriber = Subscriber(self.broker.host, self.broker.port, protocol=4)
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        topics = [b"a\x00b", b"a\x01b", b"a\xef\xbf\xbfb", b"a\xc2\x85b", b"a\xffb"]
+        client = self.rawConnected("strings")
+        for topic in topics:
+            client.send(rawmqtt.publish(topic, b"s", qos=1, packet_id=3))
+            self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBACK, 3))
+        messages = await subscriber.wait_for(len(topics))
+        self.assertEqual(
+            [m.topic.encode("utf-8", "surrogateescape") for m in messages[:4]],
+            topics[:4],
+        )
+        client.send(rawmqtt.publish(b"/".join([b"l"] * 101), b"s", qos=1))
+        self.assertEqual(client.replies(), ([], True))
+
+    def test_no_size_limit(self) -> None:
+        """A 64 MB PUBLISH is acknowledged: Aedes has no packet size limit."""
+        client = self.rawConnected("big")
+        client.sock.settimeout(20)
+        client.send(rawmqtt.publish(b"big", bytes(64 << 20), qos=1, packet_id=4))
+        self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBACK, 4))
 
 
 class FreePortTests(unittest.TestCase):
