@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-SUBSCRIBE, SUBACK, DISCONNECT = 8, 9, 14
+SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
 
 
 def _varint(n: int) -> bytes:

@@ -10,6 +10,8 @@ import hashlib
 import os
 import socket
 import ssl
+import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trustme
@@ -27,7 +29,7 @@ from tests.brokers import (
     free_port,
     publish,
 )
-from tests.brokers_more import Aedes
+from tests.brokers_more import SHARED_RABBITMQ_MAX_MESSAGE_SIZE, Aedes, shared_rabbitmq
 from tests.linkcutter import LinkCutter
 
 if TYPE_CHECKING:
@@ -359,6 +361,52 @@ class _SmokeTests(_TestCase):
         self.assertEqual((connack.kind, connack.body[1]), (rawmqtt.CONNACK, 0))
         return client
 
+    async def probeTopics(
+        self, prefix: str, suffixes: Sequence[bytes]
+    ) -> tuple[list[tuple[list[int], bool]], list[str]]:
+        """
+        Publish at QoS 1 to each C{prefix/suffix} (raw bytes), each on a new
+        connection. Returns, per topic, the packet types answered and whether
+        the broker closed the connection, and the suffixes a subscriber to
+        C{prefix/#} received (as paho decodes them).
+        """
+        subscriber = Subscriber(
+            self.broker.host, self.broker.port, f"{prefix}/#", protocol=4
+        )
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        answers = []
+        for suffix in suffixes:
+            client = self.rawConnected(f"{prefix}-probe")
+            topic = prefix.encode() + b"/" + suffix
+            client.send(rawmqtt.publish(topic, b"s", qos=1, packet_id=3))
+            packets, closed = client.replies()
+            answers.append(([p.kind for p in packets], closed))
+            client.close()
+        await deferLater(reactor, 0.3)
+        delivered = [m.topic[len(prefix) + 1 :] for m in subscriber.messages]
+        return answers, delivered
+
+    def resendQoS2(
+        self, topic: str, first_clean: bool, second_clean: bool
+    ) -> tuple[rawmqtt.Packet | None, rawmqtt.Packet | None, list[int]]:
+        """
+        Publish C{topic} at QoS 2 (packet id 9) on a connection with
+        C{first_clean}, drop the link after the broker's answer, reconnect with
+        C{second_clean} and send the PUBLISH again with DUP, then PUBREL. Returns
+        the first answer, the second CONNACK and the packet types answered then.
+        """
+        client = self.rawConnected(topic, clean=first_clean)
+        client.send(rawmqtt.publish(topic.encode(), b"1", qos=2, packet_id=9))
+        answer = client.read()
+        client.close()
+        again = self.raw()
+        again.send(rawmqtt.connect(topic, clean=second_clean))
+        connack = again.read()
+        again.send(rawmqtt.publish(topic.encode(), b"1", qos=2, packet_id=9, dup=True))
+        again.send(rawmqtt.ack(rawmqtt.PUBREL, 9))
+        return answer, connack, [p.kind for p in again.replies()[0]]
+
 
 class AedesTests(_SmokeTests, unittest.TestCase):
     """
@@ -419,24 +467,13 @@ class AedesTests(_SmokeTests, unittest.TestCase):
         self.addCleanup(subscriber.stop)
         cases = {"c00": (False, False), "c01": (False, True), "c10": (True, False)}
         for topic, (first, second) in cases.items():
-            client = self.rawConnected(topic, clean=first)
-            client.send(rawmqtt.publish(topic.encode(), b"1", qos=2, packet_id=9))
             self.assertEqual(
-                client.read(),
-                rawmqtt.expected_ack(rawmqtt.PUBREC, 9),
-            )
-            client.close()
-            again = self.raw()
-            again.send(rawmqtt.connect(topic, clean=second))
-            self.assertEqual(
-                again.read(), rawmqtt.Packet(rawmqtt.CONNACK, 0, b"\x00\x00")
-            )
-            again.send(
-                rawmqtt.publish(topic.encode(), b"1", qos=2, packet_id=9, dup=True)
-            )
-            again.send(rawmqtt.ack(rawmqtt.PUBREL, 9))
-            self.assertEqual(
-                [p.kind for p in again.replies()[0]], [rawmqtt.PUBREC, rawmqtt.PUBCOMP]
+                self.resendQoS2(topic, first, second),
+                (
+                    rawmqtt.expected_ack(rawmqtt.PUBREC, 9),
+                    rawmqtt.Packet(rawmqtt.CONNACK, 0, b"\x00\x00"),
+                    [rawmqtt.PUBREC, rawmqtt.PUBCOMP],
+                ),
             )
         await subscriber.wait_for(5)
         await deferLater(reactor, 0.3)
@@ -451,21 +488,11 @@ class AedesTests(_SmokeTests, unittest.TestCase):
         acknowledged and delivered; a topic of 101 levels closes the connection
         without an acknowledgement.
         """
-        subscriber = Subscriber(self.broker.host, self.broker.port, protocol=4)
-        await subscriber.start()
-        self.addCleanup(subscriber.stop)
-        topics = [b"a\x00b", b"a\x01b", b"a\xef\xbf\xbfb", b"a\xc2\x85b", b"a\xffb"]
-        client = self.rawConnected("strings")
-        for topic in topics:
-            client.send(rawmqtt.publish(topic, b"s", qos=1, packet_id=3))
-            self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBACK, 3))
-        messages = await subscriber.wait_for(len(topics))
+        answers, delivered = await self.probeTopics("strings", _ODD_TOPICS)
+        self.assertEqual(answers, [([rawmqtt.PUBACK], False)] * 5 + [([], True)])
         self.assertEqual(
-            [m.topic.encode("utf-8", "surrogateescape") for m in messages[:4]],
-            topics[:4],
+            delivered, [t.decode("utf-8", "replace") for t in _ODD_TOPICS[:5]]
         )
-        client.send(rawmqtt.publish(b"/".join([b"l"] * 101), b"s", qos=1))
-        self.assertEqual(client.replies(), ([], True))
 
     def test_no_size_limit(self) -> None:
         """A 64 MB PUBLISH is acknowledged: Aedes has no packet size limit."""
@@ -473,6 +500,146 @@ class AedesTests(_SmokeTests, unittest.TestCase):
         client.sock.settimeout(20)
         client.send(rawmqtt.publish(b"big", bytes(64 << 20), qos=1, packet_id=4))
         self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBACK, 4))
+
+
+#: Topic levels a strict broker refuses: U+0000, U+0001, U+FFFF, U+0085,
+#: ill-formed UTF-8, and then 100 levels more (101 or more in all).
+_ODD_TOPICS = [
+    b"a\x00b",
+    b"a\x01b",
+    b"a\xef\xbf\xbfb",
+    b"a\xc2\x85b",
+    b"a\xffb",
+    b"/".join([b"l"] * 100),
+]
+
+
+class RabbitMQTests(_SmokeTests, unittest.TestCase):
+    """
+    RabbitMQ 3.10.8 with rabbitmq_mqtt (Debian), one node shared by the module:
+    MQTT 3.1.1 only; QoS 2 is downgraded to QoS 1 throughout (a QoS 2 PUBLISH is
+    answered with PUBACK, a QoS 2 SUBSCRIBE granted QoS 1) and never
+    deduplicated; a clean_session=0 subscriber keeps its subscription and queued
+    messages across reconnects (session-present 1); topic strings are not
+    checked; a PUBLISH over C{max_message_size} costs the connection.
+    """
+
+    # The first test starts the node: seconds, more on a loaded machine.
+    timeout = 120
+    delivered_qos = (0, 1, 1)
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.broker = await shared_rabbitmq()
+
+    def test_mqtt5_closed_without_connack(self) -> None:
+        """
+        An MQTT 5 CONNECT, with or without properties, is answered by closing
+        the connection: no CONNACK at all (the log says why).
+        """
+        for properties in (b"", b"\x11\x00\x00\x00\x3c"):
+            body = b"\x00\x04MQTT\x05\x02\x00\x1e" + bytes([len(properties)])
+            client = self.raw()
+            client.send(rawmqtt.packet(1, 0, body + properties + b"\x00\x01x"))
+            self.assertEqual(client.replies(), ([], True))
+
+    async def test_qos2_answered_with_puback(self) -> None:
+        """
+        A QoS 2 PUBLISH gets PUBACK, not PUBREC, and is delivered at QoS 1; a
+        PUBREL is ignored (no PUBCOMP, the connection stays).
+        """
+        subscriber = Subscriber(
+            self.broker.host, self.broker.port, "q2/#", qos=2, protocol=4
+        )
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        client = self.rawConnected("q2-puback")
+        client.send(rawmqtt.publish(b"q2/x", b"1", qos=2, packet_id=5))
+        self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBACK, 5))
+        client.send(rawmqtt.ack(rawmqtt.PUBREL, 5))
+        self.assertEqual(client.replies(), ([], False))
+        [message] = await subscriber.wait_for(1)
+        self.assertEqual((message.topic, message.qos), ("q2/x", 1))
+
+    async def test_qos2_dup_delivered_again(self) -> None:
+        """
+        A DUP re-sent QoS 2 PUBLISH with the same packet id is delivered again,
+        even on a resumed clean_session=0 session (whose CONNACK says
+        session-present 0: a publisher has no subscriptions to keep).
+        """
+        subscriber = Subscriber(
+            self.broker.host, self.broker.port, "rdup/#", protocol=4
+        )
+        await subscriber.start()
+        self.addCleanup(subscriber.stop)
+        self.assertEqual(
+            self.resendQoS2("rdup/0", False, False),
+            (
+                rawmqtt.expected_ack(rawmqtt.PUBACK, 9),
+                rawmqtt.Packet(rawmqtt.CONNACK, 0, b"\x00\x00"),
+                [rawmqtt.PUBACK],
+            ),
+        )
+        await subscriber.wait_for(2)
+
+    async def test_persistent_session_across_reconnect(self) -> None:
+        """
+        A clean_session=0 subscriber that loses its link gets session-present 1
+        on reconnecting, and the QoS 1 message published meanwhile.
+        """
+        client = self.rawConnected("keeper", clean=False)
+        subscribe = struct.pack("!H", 1) + b"\x00\x06keep/#\x01"
+        client.send(rawmqtt.packet(rawmqtt.SUBSCRIBE, 2, subscribe))
+        self.assertEqual(
+            client.read(), rawmqtt.Packet(rawmqtt.SUBACK, 0, b"\x00\x01\x01")
+        )
+        client.close()
+        await publish(self.broker.host, self.broker.port, "keep/1", b"away", qos=1)
+        again = self.raw()
+        again.send(rawmqtt.connect("keeper", clean=False))
+        connack, message = again.replies()[0]
+        self.assertEqual(connack, rawmqtt.Packet(rawmqtt.CONNACK, 0, b"\x01\x00"))
+        self.assertEqual(
+            (message.kind, message.flags, message.body[:8], message.body[10:]),
+            (rawmqtt.PUBLISH, 2, b"\x00\x06keep/1", b"away"),
+        )
+        # Leave no session behind on the shared node.
+        again.close()
+        self.rawConnected("keeper", clean=True).close()
+
+    async def test_strings_unchecked(self) -> None:
+        """
+        Topics with U+0000, U+0001, U+FFFF, U+0085, ill-formed UTF-8 or 101
+        levels are all acknowledged; all but the ill-formed UTF-8 one are
+        delivered: that one is dropped after its PUBACK.
+        """
+        answers, delivered = await self.probeTopics("rstrings", _ODD_TOPICS)
+        self.assertEqual(answers, [([rawmqtt.PUBACK], False)] * 6)
+        expected = [t.decode() for t in _ODD_TOPICS if t != b"a\xffb"]
+        self.assertEqual(delivered, expected)
+
+    def test_over_max_message_size(self) -> None:
+        """
+        A PUBLISH whose payload is over the node's max_message_size: at QoS 0 the
+        broker closes the connection; at QoS 1 it never answers it, nor any later
+        PUBLISH on that connection, but keeps the connection and answers
+        PINGREQ: the session is wedged and keep-alive does not notice. Just under
+        the limit is acknowledged.
+        """
+        limit = SHARED_RABBITMQ_MAX_MESSAGE_SIZE
+        client = self.rawConnected("rbig")
+        client.send(rawmqtt.publish(b"rbig", bytes(limit - 100), qos=1, packet_id=1))
+        self.assertEqual(client.read(), rawmqtt.expected_ack(rawmqtt.PUBACK, 1))
+        client.send(rawmqtt.publish(b"rbig", bytes(limit + 1), qos=1, packet_id=2))
+        self.assertEqual(client.replies(1), ([], False))
+        client.send(rawmqtt.publish(b"rbig", b"small", qos=1, packet_id=3))
+        self.assertEqual(client.replies(1), ([], False))
+        client.send(rawmqtt.packet(rawmqtt.PINGREQ, 0, b""))
+        self.assertEqual(
+            client.replies(), ([rawmqtt.Packet(rawmqtt.PINGRESP, 0, b"")], False)
+        )
+        client = self.rawConnected("rbig0")
+        client.send(rawmqtt.publish(b"rbig", bytes(limit + 1)))
+        self.assertEqual(client.replies(), ([], True))
 
 
 class FreePortTests(unittest.TestCase):
