@@ -37,14 +37,23 @@ def packet(kind: int, flags: int, body: bytes) -> bytes:
 
 
 def connect(
-    client_id: str, *, clean: bool = True, level: int = 4, keepalive: int = 30
+    client_id: str,
+    *,
+    clean: bool = True,
+    level: int = 4,
+    keepalive: int = 30,
+    properties: bytes = b"",
 ) -> bytes:
-    """A CONNECT; level 5 adds an empty property block (and nothing else)."""
+    """A CONNECT; level 5 adds the encoded C{properties} (none by default)."""
     flags = 0x02 if clean else 0x00
     body = _string(b"MQTT") + bytes([level, flags]) + struct.pack("!H", keepalive)
     if level == 5:
-        body += b"\x00"
+        body += _varint(len(properties)) + properties
     return packet(CONNECT, 0, body + _string(client_id.encode()))
+
+
+#: An MQTT 5 Session Expiry Interval property of 60 s, for L{connect}.
+SESSION_EXPIRY_60 = b"\x11\x00\x00\x00\x3c"
 
 
 def publish(
