@@ -221,6 +221,11 @@ class _BrokerProcess:
         """Whether the broker process is alive."""
         return self._protocol is not None and not self._protocol.ended.called
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of the broker's last run (C{None} before the first)."""
+        return self._protocol.pid if self._protocol is not None else None
+
     def log(self) -> str:
         """Everything the broker has logged so far, across restarts."""
         try:

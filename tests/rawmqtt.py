@@ -75,6 +75,12 @@ def publish(
     return packet(PUBLISH, flags, body + payload)
 
 
+def subscribe(topic_filter: bytes, qos: int = 1, packet_id: int = 1) -> bytes:
+    """A SUBSCRIBE to one filter (3.1.1)."""
+    body = struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos])
+    return packet(SUBSCRIBE, 2, body)
+
+
 def ack(kind: int, packet_id: int) -> bytes:
     """A PUBACK, PUBREC, PUBREL (flags 2, as required) or PUBCOMP for C{packet_id}."""
     wanted = expected_ack(kind, packet_id)
