@@ -207,11 +207,24 @@ class _BrokerProcess:
     _closeStdin = True
     # Whether to confirm readiness with a TCP connection (amqtt logs it as an error).
     _probe = True
+    # Whether the child writes to the log file itself instead of through pipes:
+    # then nothing of it is in the reactor, so it may outlive a test class (trial
+    # kills processes with pipes at the end of each), but _ready sees no stdout.
+    _logDirect = False
+
+    def _environment(self) -> dict[str, str]:
+        """The child's environment: this process's, unless a subclass adds to it."""
+        return dict(os.environ)
 
     @property
     def running(self) -> bool:
         """Whether the broker process is alive."""
         return self._protocol is not None and not self._protocol.ended.called
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the broker's last run (C{None} before the first)."""
+        return self._protocol.pid if self._protocol is not None else None
 
     def log(self) -> str:
         """Everything the broker has logged so far, across restarts."""
@@ -252,13 +265,23 @@ class _BrokerProcess:
         self._protocol = protocol
         command = self._command()
         log_before = len(self.log())
-        self._process = self._reactor.spawnProcess(
-            protocol,
-            command[0],
-            command,
-            env=dict(os.environ),
-            path=self.directory,
-        )
+        child_fds: dict[int, Any] | None = None
+        if self._logDirect:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            log_fd = os.open(self.logPath, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            child_fds = {0: devnull, 1: log_fd, 2: log_fd}
+        try:
+            self._process = self._reactor.spawnProcess(
+                protocol,
+                command[0],
+                command,
+                env=self._environment(),
+                path=self.directory,
+                childFDs=child_fds,
+            )
+        finally:
+            for fd in set((child_fds or {}).values()):
+                os.close(fd)
         protocol.pid = self._process.pid
         _LIVE_PIDS.add(protocol.pid)
         try:
