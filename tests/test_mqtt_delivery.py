@@ -90,6 +90,45 @@ class WedgeTests(SessionTestCase):
         broker.drop()
         self.assertFailsWith(d, 502, Code.BrokerRejected)
 
+    def test_silent_wedge_found(self) -> None:
+        """A broker that stops acknowledging on a connection it keeps open (as
+        RabbitMQ does after a PUBLISH over its max_message_size) is cut after
+        1.5 publish timeouts of silence. The messages are sent again one at a
+        time though their requests timed out, so that the one the broker stays
+        silent on again (2 s at most) is found: it is never sent again, and a
+        message as large is refused at once from then on."""
+        self.start(protocol="5", publish_timeout=4, max_queue_delay=60)
+        broker = self.connected()
+        taken = self.publish()
+        broker.received()
+        broker.send(codec.PubAck(1))
+        self.successResultOf(taken)
+        good, bad = self.publish(), self.publish(payload=b"too big")
+        self.assertEqual(len(broker.received()), 2)
+        self.clock.advance(5.9)
+        self.assertFalse(broker.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(broker.transport.disconnecting)
+        broker.drop()
+        self.assertFailsWith(good, 503, Code.BrokerUnavailable)  # timed out at 4 s
+        self.assertFailsWith(bad, 503, Code.BrokerUnavailable)
+        broker = self.reconnect()
+        [first] = publishes(broker)
+        broker.send(codec.PubAck(first.packet_id or 0))
+        [second] = publishes(broker)
+        self.assertEqual(second.payload, b"too big")
+        self.clock.advance(2)
+        self.assertTrue(broker.transport.disconnecting)
+        broker.drop()
+        broker = self.reconnect()
+        self.assertEqual(broker.received(), [])  # neither is sent again
+        again = self.publish(payload=b"too big")
+        self.assertFailsWith(again, 413, Code.PayloadTooLarge)
+        later = self.publish()
+        [packet] = publishes(broker)
+        broker.send(codec.PubAck(packet.packet_id or 0))
+        self.successResultOf(later)
+
     def test_disconnect_reason_names_the_fault(self) -> None:
         """An MQTT 5 DISCONNECT reason before the close says what was wrong:
         0x95 (packet too large) is 413."""
@@ -162,15 +201,20 @@ class WedgeTests(SessionTestCase):
 
     def test_abandoned_qos1_not_resent(self) -> None:
         """A QoS 1 message whose request timed out (503) is not sent again after
-        a reconnect: nobody waits for it any more."""
+        a reconnect once three publish timeouts have passed since it was sent:
+        nobody waits for it any more."""
         self.start(protocol="5", publish_timeout=1)
         broker = self.connected()
         d = self.publish()
         broker.received()
         self.clock.advance(1)
         self.assertFailsWith(d, 503, Code.BrokerUnavailable)
+        broker.send(codec.PingResp())  # the link lives; the broker is slow
+        self.clock.advance(0.4)
         broker.drop()
-        broker = self.reconnect()
+        self.clock.advance(2)
+        broker = FakeBroker(self.endpoints[0])
+        broker.accept(session_present=True)
         self.assertEqual(broker.received(), [])
 
 

@@ -307,7 +307,7 @@ class SessionPerSenderTests(PassthroughTestCase):
         self.publish(sender(connection="c1"))
         broker = self.connected()
         broker.received()
-        self.clock.advance(20)
+        self.clock.advance(5)
         broker.send(codec.PubAck(1))
         self.clock.advance(29)
         self.assertFalse(broker.transport.disconnecting)

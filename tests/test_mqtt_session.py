@@ -118,7 +118,7 @@ class SessionTestCase(SynchronousTestCase):
         return ME
 
     def publish(self, qos: int = 1, **kw: Any) -> Deferred[PublishResult]:
-        d = self.publisher.publish(Message(topic="t", payload=b"p", qos=qos, **kw), ME)
+        d = self.publisher.publish(self.message(qos=qos, **kw), ME)
         self.requests.append(d)
         return d
 

@@ -205,6 +205,10 @@ class MQTTClientProtocol(Protocol):
             # shutdown waiting for it) open for ever.
             self._cut = self._clock.callLater(_DISCONNECT_GRACE, self._abort_if_open)
 
+    def abort(self) -> None:
+        """Cut the connection at once, without DISCONNECT."""
+        self._close(abort=True)
+
     @property
     def closed(self) -> bool:
         """Whether the connection is closing or closed: nothing more is sent."""

@@ -134,6 +134,7 @@ class _Pending:
     released: bool = False  # QoS 2: PUBREC received, PUBREL sent
     on_wire: bool = False  # sent on the current connection, not yet confirmed
     strikes: int = 0  # connection losses it was on the wire unconfirmed for
+    first_sent: float | None = None
 
     @property
     def waiting(self) -> bool:
@@ -299,6 +300,10 @@ class BrokerSession(Service):
         self._unconfirmed: list[_Pending] = []  # QoS 0 sent, not yet read
         self._covered = 0  # how many of them the PINGREQ in flight confirms
         self._careful: int | None = None  # suspects on the wire at once, or None
+        self._wire = 0  # messages on the wire, not yet confirmed
+        self._progress_at = 0.0  # when the broker last confirmed one (or the
+        # wire filled)
+        self._watchdog: IDelayedCall | None = None
         self._disconnect_reason: int | None = None
         self._next_packet_id = 1
         self._stopped: Deferred[None] | None = None
@@ -658,7 +663,10 @@ class BrokerSession(Service):
 
     def _confirmed(self, pending: _Pending) -> None:
         """The broker read C{pending}'s PUBLISH without closing the connection."""
-        pending.on_wire = False
+        if pending.on_wire:
+            pending.on_wire = False
+            self._wire -= 1
+        self._progress_at = self._clock.seconds()
         pending.strikes = 0
         learned = self._learned[self.brokers[self._index].name]
         learned.largest_taken = max(learned.largest_taken, len(pending.data))
@@ -708,7 +716,8 @@ class BrokerSession(Service):
             except GatewayError as e:
                 pending.fail(e)
                 continue
-            pending.packet, pending.data, pending.on_wire = packet, data, True
+            pending.packet, pending.data = packet, data
+            self._put_on_wire(pending)
             if qos:
                 assert packet.packet_id is not None
                 self._inflight[packet.packet_id] = pending
@@ -787,6 +796,7 @@ class BrokerSession(Service):
         wire = [p for p in self._inflight.values() if p.on_wire]
         wire += self._unconfirmed
         self._unconfirmed, self._covered = [], 0
+        self._wire = 0
         for pending in wire:
             pending.on_wire = False
             pending.strikes += 1
@@ -851,7 +861,7 @@ class BrokerSession(Service):
         level = protocol.protocol_level
         for packet_id, pending in list(self._inflight.items()):
             qos = pending.message.qos
-            if qos == 1 and not pending.waiting:
+            if qos == 1 and not pending.waiting and not self._still_counts(pending):
                 # Nobody waits for it, and the broker keeps nothing for it.
                 del self._inflight[packet_id]
                 continue
@@ -881,6 +891,20 @@ class BrokerSession(Service):
         if self._careful is None and any(self._suspects()):
             self._careful = 1
 
+    def _still_counts(self, pending: _Pending) -> bool:
+        """
+        Whether a QoS 1 message whose request has timed out is sent again: only
+        as a suspect of a connection loss, within three publish timeouts of its
+        first sending, so that the message a broker keeps failing on is still
+        found (and its size learned) when its request could not wait for it.
+        """
+        first = pending.first_sent
+        return (
+            pending.strikes > 0
+            and first is not None
+            and self._clock.seconds() - first < 3 * self.publish_timeout
+        )
+
     def _suspects(self) -> Iterable[_Pending]:
         """In-flight messages not yet confirmed, not on the wire, in order."""
         return (p for p in self._inflight.values() if not p.released and not p.on_wire)
@@ -892,15 +916,56 @@ class BrokerSession(Service):
         if protocol is None or protocol.closed:
             return
         assert self._careful is not None
-        on_wire = sum(1 for p in self._inflight.values() if p.on_wire)
         for pending in self._suspects():
-            if on_wire >= self._careful:
+            if self._wire >= self._careful:
                 return
-            pending.on_wire = True
-            on_wire += 1
+            self._put_on_wire(pending)
             protocol.write(pending.data)
-        if not on_wire:
+        if not self._wire:
             self._careful = None
+
+    def _put_on_wire(self, pending: _Pending) -> None:
+        pending.on_wire = True
+        if pending.first_sent is None:
+            pending.first_sent = self._clock.seconds()
+        if not self._wire:
+            self._progress_at = self._clock.seconds()
+        self._wire += 1
+        if self._watchdog is None:
+            self._watchdog = self._clock.callLater(self._ack_timeout(), self._watch)
+
+    def _ack_timeout(self) -> float:
+        """
+        Seconds the broker may leave everything on the wire unconfirmed before
+        the connection is taken for wedged: RabbitMQ, given a PUBLISH over its
+        max_message_size, acknowledges nothing more on that connection while it
+        still answers PINGREQ. Half as long again as the publish timeout (the
+        requests have had their 503s by then); at most two seconds while
+        suspects are sent again one group at a time, each expected back
+        promptly.
+        """
+        if self._careful is not None:
+            return min(self.publish_timeout, 2.0)
+        return 1.5 * self.publish_timeout
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._wire or self._protocol is None:
+            return
+        waited = self._clock.seconds() - self._progress_at
+        timeout = self._ack_timeout()
+        if waited < timeout:
+            self._watchdog = self._clock.callLater(timeout - waited, self._watch)
+            return
+        self._say(
+            LogLevel.warn,
+            "{broker} acknowledged none of {count} messages for {waited:.1f} s;"
+            " reconnecting",
+            broker=self.brokers[self._index].name,
+            count=self._wire,
+            waited=waited,
+        )
+        self._protocol.abort()
 
     def _timed_out(self, pending: _Pending) -> None:
         pending.timer = None
