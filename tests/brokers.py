@@ -331,8 +331,8 @@ class _BrokerProcess:
 
     async def _signal(self, name: str) -> None:
         protocol, process = self._protocol, self._process
-        if protocol is None or protocol.ended.called:
-            return
+        if protocol is None or process is None or protocol.ended.called:
+            return  # never started, or already gone
         _sendSignal(process, name)
         killer = None
         if name != "KILL":

@@ -117,6 +117,10 @@ class _Learned:
     qos: int = 2  # the highest QoS it honours (RabbitMQ: 1)
     packet_size: int | None = None  # it closed the connection on a larger packet
     largest_taken: int = 0  # the largest packet it confirmed
+    # Sizes of the packets it closed the connection on that were larger than any
+    # it took: two of them make a packet size limit (one may have failed for its
+    # content, a topic too deep for it, say).
+    too_large: list[int] = attrs.Factory(list)
 
 
 @attrs.define(eq=False)
@@ -415,6 +419,7 @@ class BrokerSession(Service):
         """
         super().stopService()
         self._cancel_retry()
+        self._stop_watchdog()
         if self._connecting is not None:
             self._connecting.cancel()
         self._fail_waiting(broker_unavailable("the gateway is shutting down"))
@@ -563,6 +568,7 @@ class BrokerSession(Service):
         if protocol is not self._protocol:
             return
         self._protocol = None
+        self._stop_watchdog()
         if self._stopped is not None:
             stopped, self._stopped = self._stopped, None
             stopped.callback(None)
@@ -825,13 +831,26 @@ class BrokerSession(Service):
         if reason is not None and reason >= 0x80:
             error = from_reason_code(reason)
         elif 0 < learned.largest_taken < size:
-            learned.packet_size = size - 1
-            error = GatewayError(
-                Code.PayloadTooLarge,
-                f"the broker closed the connection on this message of {size} bytes,"
-                f" larger than any it has taken ({learned.largest_taken} bytes);"
-                " messages as large are refused from now on",
-            )
+            learned.too_large = [
+                n for n in learned.too_large if n > learned.largest_taken
+            ] + [size]
+            if len(learned.too_large) >= 2:
+                learned.packet_size = min(learned.too_large) - 1
+                error = GatewayError(
+                    Code.PayloadTooLarge,
+                    f"the broker closed the connection on this message of {size}"
+                    f" bytes, as on another larger than any it has taken"
+                    f" ({learned.largest_taken} bytes); messages of"
+                    f" {learned.packet_size + 1} bytes or more are refused from now on",
+                )
+            else:
+                error = GatewayError(
+                    Code.BrokerRejected,
+                    f"the broker closed the connection on this message of {size}"
+                    f" bytes, larger than any it has taken ({learned.largest_taken}"
+                    " bytes): it may be over the broker's size limit; it is not sent"
+                    " again",
+                )
         else:
             error = GatewayError(
                 Code.BrokerRejected,
@@ -947,6 +966,11 @@ class BrokerSession(Service):
         if self._careful is not None:
             return min(self.publish_timeout, 2.0)
         return 1.5 * self.publish_timeout
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
 
     def _watch(self) -> None:
         self._watchdog = None
