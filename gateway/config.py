@@ -181,11 +181,14 @@ class HTTPConfig:
         is not.
     @ivar max_body: the largest accepted body in bytes (larger is a 413).
     @ivar idle_timeout: seconds an idle or stalled connection is kept.
+    @ivar max_batch: the most messages one C{POST /api/v5/publish/bulk} may carry
+        (more is a 413).
     """
 
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     max_body: int = 262144
     idle_timeout: float = 60.0
+    max_batch: int = 1000
 
 
 @attrs.frozen
@@ -591,6 +594,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
             "listen": _strings,
             "max_body": _integer(1),
             "idle_timeout": _number(positive=True),
+            "max_batch": _integer(1),
         },
     ),
     "tls": (

@@ -72,6 +72,7 @@ from gateway.signals import OnSignal
 from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
+from gateway.web.emqx import EMQXAPI
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
@@ -409,7 +410,12 @@ def makeService(options: Options) -> IService:
         aliyun = AliyunAPI(core, config.aliyun, reactor, max_payload=max_payload)
         max_target = max(max_target, max_target_bytes(max_payload))
     factory = HTTPServerFactory(
-        Router(TopicsAPI(core), publisher, aliyun),
+        Router(
+            TopicsAPI(core),
+            publisher,
+            aliyun,
+            EMQXAPI(core, max_batch=config.http.max_batch),
+        ),
         max_body=config.http.max_body,
         max_target_bytes=max_target,
         idle_timeout=config.http.idle_timeout,

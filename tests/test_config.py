@@ -44,6 +44,7 @@ SPEC_BLOCK = """
 listen = ["tcp:8080:interface=127.0.0.1"]   # any Twisted server endpoint strings
 max_body = 262144                            # bytes; larger -> 413
 idle_timeout = 60                            # seconds an idle keep-alive connection lives
+max_batch = 1000                             # messages in one /api/v5/publish/bulk
 [tls]
 listen = []                                  # endpoint strings served as HTTPS with the
                                              # settings below (tcp:, systemd:, ...)
@@ -125,6 +126,7 @@ class DefaultsTests(SynchronousTestCase):
                 listen=("tcp:8080:interface=127.0.0.1",),
                 max_body=262144,
                 idle_timeout=60.0,
+                max_batch=1000,
             ),
         )
         self.assertEqual(
@@ -213,7 +215,7 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_spec_keys(self) -> None:
         """The SPEC names exactly the eight sections and their keys."""
-        self.assertEqual(len(SPEC_KEYS), 32)
+        self.assertEqual(len(SPEC_KEYS), 33)
         self.assertEqual(
             {k.split(".")[0] for k in SPEC_KEYS},
             {f.name for f in attrs.fields(Config)} - {"source"},
@@ -360,6 +362,7 @@ class ErrorTests(SynchronousTestCase):
         ({"tls": {"cert": {}}}, "tls.cert: expected a string, got a table"),
         # ranges and choices
         ({"http": {"max_body": 0}}, "http.max_body: must be at least 1, got 0"),
+        ({"http": {"max_batch": 0}}, "http.max_batch: must be at least 1, got 0"),
         (
             {"http": {"idle_timeout": 0}},
             "http.idle_timeout: must be greater than 0, got 0",
@@ -526,7 +529,7 @@ class ErrorTests(SynchronousTestCase):
     @given(st.text(min_size=1))
     def test_any_unknown_key(self, key: str) -> None:
         """Any unknown key in a section is refused with one line that starts with it."""
-        if key in {"listen", "max_body", "idle_timeout"}:
+        if key in {"listen", "max_body", "idle_timeout", "max_batch"}:
             return
         message = error({"http": {key: 1}})
         self.assertIn(": unknown key", message)
