@@ -59,7 +59,7 @@ from gateway.config import (
     load,
 )
 from gateway.core import Gateway
-from gateway.embedded import EmbeddedBrokerService
+from gateway.embedded import EmbeddedBroker, embedded_broker
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
@@ -282,7 +282,7 @@ class _StartFirst(Service):
     privileged start-up and start-up waits until it listens.
     """
 
-    def __init__(self, broker: EmbeddedBrokerService) -> None:
+    def __init__(self, broker: EmbeddedBroker) -> None:
         self.broker = broker
 
     def privilegedStartService(self) -> None:
@@ -315,8 +315,16 @@ class _ExitCleanlyOnSIGTERM(OnSignal):
         self._reactor.stop()
 
 
-def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher:
-    """The publisher of the configured mode, its services under C{root}."""
+def _publisher(
+    options: Options,
+    root: MultiService,
+    reactor: Any,
+    embedded: EmbeddedBroker | None = None,
+) -> IPublisher:
+    """
+    The publisher of the configured mode, its services under C{root}; it speaks
+    the embedded broker's MQTT version when there is one.
+    """
     config = options.config
     if config.auth.mode == "broker":
         passthrough = PassthroughPublisher(
@@ -335,8 +343,7 @@ def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher
         client_id=config.mqtt.gateway_client_id(socket.gethostname()),
         username=config.mqtt.username or None,
         password=config.mqtt.password.encode() if config.mqtt.password else None,
-        # amqtt, the embedded broker, speaks MQTT 3.1.1 only: no need to probe.
-        protocol="3.1.1" if config.embedded_broker else config.mqtt.protocol,
+        protocol=config.mqtt.protocol if embedded is None else embedded.protocol,
         keepalive=config.mqtt.keepalive,
     )
     session = BrokerSession(
@@ -364,9 +371,10 @@ def makeService(options: Options) -> IService:
     # Stopped last-added first, one after another: listeners, then the drain of
     # requests in flight, then the broker sessions.
     root = StopInOrder()
+    embedded = None
     if config.embedded_broker:
         address = config.mqtt.brokers[0]
-        embedded = EmbeddedBrokerService(address.host, address.port, reactor=reactor)
+        embedded = embedded_broker(address.host, address.port, reactor)
         starter = _StartFirst(embedded)
         starter.setName("embedded-broker")
         starter.setServiceParent(root)
@@ -381,7 +389,7 @@ def makeService(options: Options) -> IService:
             if config.embedded_broker
             else "",
         )
-    publisher = _publisher(options, root, reactor)
+    publisher = _publisher(options, root, reactor, embedded)
     metrics = None
     if config.admin.listen:
         metrics = GatewayMetrics(reactor)
