@@ -17,7 +17,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import Mosquitto, Subscriber
-from tests.gateway import CurlResult, RunningGateway, curl, password_file
+from tests.gateway import CurlResult, RunningGateway, curl, json_post, password_file
 
 MESSAGE_ID = re.compile(r"^[0-9A-F]{32}$")
 
@@ -60,13 +60,8 @@ class EMQXTestCase(TestCase):
         return curl(
             "-u",
             "user0:secret0",
-            "-X",
-            "POST",
+            *json_post(body),
             f"{self.gateway.url}/api/v5/{path}",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            body,
             *args,
         )
 
@@ -186,7 +181,8 @@ class EMQXPublishTests(EMQXTestCase):
         self.assertEqual(message.topic, "emqx/seen")
 
     async def test_malformed_item_publishes_nothing(self) -> None:
-        """A malformed item: 400 naming its index; no message arrives."""
+        """A malformed item: 400 naming its index; more than max_batch messages
+        or a body over max_body: 413; no message arrives."""
         items = [
             {"topic": "emqx/1", "payload": "x"},
             {"topic": "emqx/+", "payload": "y"},
@@ -198,6 +194,9 @@ class EMQXPublishTests(EMQXTestCase):
         body = self.assertJSON(
             await self.post("publish/bulk", json.dumps(too_many)), 413
         )
+        self.assertEqual(body["code"], "PAYLOAD_TOO_LARGE")
+        large = [{"topic": "emqx/1", "payload": "x" * 40000}] * 2
+        body = self.assertJSON(await self.post("publish/bulk", json.dumps(large)), 413)
         self.assertEqual(body["code"], "PAYLOAD_TOO_LARGE")
         self.assertJSON(
             await self.post("publish", '{"topic": "emqx/marker", "payload": "m"}'),

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from gateway.auth.identify import Authenticator
 from gateway.config import LimitsConfig
 from gateway.core import Gateway
-from gateway.errors import GatewayError, broker_unavailable, from_reason_code
+from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
@@ -68,6 +68,12 @@ class TopicPublisher:
             return fail(broker_unavailable("no broker session"))
         if message.topic.startswith("refused/"):
             return fail(from_reason_code(0x87))
+        if message.topic.startswith("old/"):
+            return fail(
+                GatewayError(
+                    Code.UnsupportedProperty, "the broker speaks MQTT 3.1.1 only"
+                )
+            )
         if message.topic.startswith("later/"):
             d: Deferred[PublishResult] = Deferred()
             self.waiting.append(d)
@@ -452,6 +458,18 @@ class EMQXAPITests(SynchronousTestCase):
         )
         self.assertIn(("Retry-After", "1"), response.headers)
 
+    def test_bulk_unsupported_property(self) -> None:
+        """MQTT 5 properties the broker cannot carry: 400, unsupported_property."""
+        items = [
+            {"topic": "t/1", "payload": ""},
+            {"topic": "old/1", "payload": "", "properties": {"content_type": "a"}},
+        ]
+        response = self.answer(request(b"/api/v5/publish/bulk", items))
+        self.assertEqual(
+            self.assertJSON(response, 400)[1],
+            {"reason_code": 131, "message": "unsupported_property"},
+        )
+
     def test_bulk_concurrent(self) -> None:
         """Every message is handed to the broker before any is acknowledged; the
         answer waits for the last and keeps request order."""
@@ -495,8 +513,6 @@ class EMQXAPITests(SynchronousTestCase):
     def test_server_errors_in_emqx_shape(self) -> None:
         """Errors the HTTP server finds on these paths (a body over max_body) are
         rendered as this API's errors."""
-        from gateway.errors import Code
-
         response = self.router.render_error(
             request(b"/api/v5/publish/bulk", b""),
             GatewayError(Code.PayloadTooLarge, "the body is larger than 10 bytes"),

@@ -310,12 +310,16 @@ _EMQX_CODES: dict[Code, str] = {
 
 # The MQTT reason code (and its name) a failed message of a batch is shown with.
 _REASONS: dict[Code, tuple[int, str]] = {
+    # Broker mode: the broker refused the sender's credentials at CONNECT.
+    Code.Unauthorized: (0x86, "bad_username_or_password"),
     Code.Forbidden: (0x87, "not_authorized"),
     Code.InvalidTopic: (0x90, "topic_name_invalid"),
     Code.RateLimited: (0x97, "quota_exceeded"),
     # EMQX shows a message too large as quota_exceeded (0x95 is no PUBACK code).
     Code.PayloadTooLarge: (0x97, "packet_too_large"),
     Code.InvalidQoS: (0x9B, "qos_not_supported"),
+    # An MQTT 3.1.1 broker cannot carry the message's MQTT 5 properties.
+    Code.UnsupportedProperty: (0x83, "unsupported_property"),
     Code.BrokerUnavailable: (0x83, "failed_to_dispatch"),
 }
 _UNSPECIFIED = (0x80, "unspecified_error")
@@ -376,7 +380,8 @@ def item_result(outcome: PublishResult | GatewayError) -> ItemResult:
     C{{"reason_code": 16, "message": "no_matching_subscribers"}} (202) when the
     broker matched no subscriber, C{{"reason_code", "message"}} with the
     failure's status otherwise (403 C{not_authorized}, 429 C{quota_exceeded},
-    503 C{failed_to_dispatch} ...).
+    503 C{failed_to_dispatch}, 400 C{unsupported_property} for MQTT 5
+    properties over an MQTT 3.1.1 broker ...).
     """
     if isinstance(outcome, GatewayError):
         reason, name = _REASONS.get(outcome.code, _UNSPECIFIED)
