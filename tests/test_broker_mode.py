@@ -6,6 +6,7 @@ MQTT sessions each pattern of HTTP requests made.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -352,8 +353,6 @@ class BrokerModeOverHTTPTests(BrokerModeFixture):
     async def test_emqx_bulk_one_session(self) -> None:
         """An EMQX-compatible bulk of three messages: published concurrently over
         one MQTT session opened as the sender; every message arrives."""
-        import json
-
         items = [{"topic": f"home/e{i}", "payload": str(i), "qos": 1} for i in range(3)]
         result = await self.bulk("alice:secret", items)
         self.assertEqual(result.status, 200, result.raw_head + repr(result.body))
@@ -368,8 +367,6 @@ class BrokerModeOverHTTPTests(BrokerModeFixture):
     async def test_emqx_bulk_wrong_password(self) -> None:
         """The broker refuses the sender's password: 401 with the Basic challenge,
         every message's result says so, nothing is published."""
-        import json
-
         items = [{"topic": "home/w", "payload": "x"}] * 2
         result = await self.bulk("alice:wrong", items)
         self.assertEqual(result.status, 401, result.raw_head)

@@ -5,6 +5,8 @@ the assembled gateway, a real Mosquitto and a paho subscriber.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
@@ -139,8 +141,6 @@ class DeviceCertificateTests(HTTPSTestCase):
         """The EMQX-compatible bulk publish over HTTPS with a device certificate:
         the CN is the sender for the ACL (one message allowed, one denied) and for
         the user properties."""
-        import json
-
         items = [
             {"topic": "devices/device-42/a", "payload": "mine", "qos": 1},
             {"topic": "devices/device-7/a", "payload": "theirs", "qos": 1},
