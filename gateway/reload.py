@@ -38,7 +38,7 @@ _log = Logger()
 
 # What a reload does not apply, as "section.key" names; each needs a restart.
 _RESTART_KEYS = (
-    ("http", ("listen", "max_body", "idle_timeout")),
+    ("http", ("listen", "max_body", "idle_timeout", "max_batch")),
     ("tls", ("listen",)),
     (
         "mqtt",
