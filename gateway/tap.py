@@ -174,9 +174,11 @@ class Options(usage.Options):
 
     synopsis = "[--config PATH] [--listen ENDPOINT ...] [--broker URI ...]"
     longdesc = (
-        "Publish MQTT messages with one HTTP request: POST /topics/{topic}. "
+        "Publish MQTT messages with one HTTP request: POST /topics/{topic}, "
+        "or EMQX's POST /api/v5/publish and /api/v5/publish/bulk. "
         "With no configuration it serves HTTP on 127.0.0.1:8080 and runs an "
-        "embedded MQTT broker on 127.0.0.1:1883 with anonymous publishing. "
+        "embedded MQTT broker on 127.0.0.1:1883 (Mosquitto when installed, else "
+        "amqtt) with anonymous publishing. "
         "ENDPOINT is a Twisted server endpoint string such as "
         "tcp:8080:interface=127.0.0.1 or systemd:domain=INET:index=0."
     )
