@@ -60,16 +60,6 @@ _FIELDS = frozenset(
     {"topic", "payload", "payload_encoding", "encoding", "qos", "retain"}
     | {"properties", "clientid"}
 )
-_PROPERTIES = frozenset(
-    {
-        "payload_format_indicator",
-        "message_expiry_interval",
-        "response_topic",
-        "correlation_data",
-        "user_properties",
-        "content_type",
-    }
-)
 
 
 def _bad(where: str, why: str) -> GatewayError:
@@ -170,21 +160,24 @@ def _given(fields: Mapping[str, Any], name: str) -> Any:
     return fields.get(name)
 
 
+# Each property (a Message field of the same name) and how it is read.
+_PROPERTY_PARSERS: dict[str, Callable[[str, object], Any]] = {
+    "payload_format_indicator": lambda w, v: _integer(w, v, 0, 1),
+    "message_expiry_interval": lambda w, v: _integer(w, v, 0, MAX_U32),
+    "response_topic": _topic,
+    "correlation_data": _correlation_data,
+    "user_properties": _user_properties,
+    "content_type": _string,
+}
+
+
 def _properties(where: str, value: object, payload: bytes) -> dict[str, Any]:
     properties = _object(where, value)
     for name in properties:
-        if name not in _PROPERTIES:
+        if name not in _PROPERTY_PARSERS:
             raise _bad(f"{where}.{name[:64]}", "is not a known property")
     found: dict[str, Any] = {}
-    parsers: dict[str, Callable[[str, object], Any]] = {
-        "payload_format_indicator": lambda w, v: _integer(w, v, 0, 1),
-        "message_expiry_interval": lambda w, v: _integer(w, v, 0, MAX_U32),
-        "response_topic": _topic,
-        "correlation_data": _correlation_data,
-        "user_properties": _user_properties,
-        "content_type": _string,
-    }
-    for name, parse in parsers.items():
+    for name, parse in _PROPERTY_PARSERS.items():
         given = _given(properties, name)
         if given is not None:
             found[name] = parse(f"{where}.{name}", given)
