@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -159,10 +160,28 @@ def adapter_us_per_message(batch: int, repeats: int = 200) -> float:
     return 1e6 * (time.process_time() - started) / repeats / batch
 
 
+def session_us_per_message(broker_port: int) -> float | None:
+    """The broker session's CPU per message (L{bench.session_cost}), or C{None}."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.session_cost", str(broker_port)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        return float(done.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
 def run(
     duration: float, batch: int, connections: int, bulk_connections: int
-) -> list[Run]:
-    """Start Mosquitto, a subscriber and the gateway; measure both APIs."""
+) -> tuple[list[Run], float | None]:
+    """
+    Start Mosquitto, a subscriber and the gateway; measure both APIs, then the
+    broker session alone.
+    """
     with contextlib.ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         broker = stack.enter_context(start_mosquitto(directory))
@@ -185,10 +204,16 @@ def run(
                 (f"batch={batch}",),
             ),
         ]
-        return [_measure(load, duration, gateway, subscriber) for load in loads]
+        runs = [_measure(load, duration, gateway, subscriber) for load in loads]
+        return runs, session_us_per_message(broker.port)
 
 
-def render(runs: Sequence[Run], command: Sequence[str], adapter_us: float) -> str:
+def render(
+    runs: Sequence[Run],
+    command: Sequence[str],
+    adapter_us: float,
+    session_us: float | None,
+) -> str:
     """The Markdown section of a run."""
     machine = report.machine()
     api1, bulk = runs[0], runs[-1]
@@ -227,7 +252,14 @@ def render(runs: Sequence[Run], command: Sequence[str], adapter_us: float) -> st
         "CPU per message (JSON, validation, identity, ACL, rate limit, results) "
         "with a publisher that answers at once; the rest of the gateway's time "
         "per message is the broker session's (encoding the PUBLISH, its timer "
-        "and Deferred, the PUBACK).",
+        "and Deferred, the PUBACK)"
+        + (
+            f": alone (`python -m bench.session_cost`, 5,000 QoS 1 messages at "
+            f"once to the same Mosquitto) it costs {session_us:.1f} us of CPU per "
+            "message, a floor no batch size lowers."
+            if session_us is not None
+            else "."
+        ),
         "",
         "wrk commands:",
         "",
@@ -249,9 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
-    runs = run(args.duration, args.batch, args.connections, args.bulk_connections)
+    runs, session_us = run(
+        args.duration, args.batch, args.connections, args.bulk_connections
+    )
     command = ["python", "-m", "bench.bulk", *(sys.argv[1:] if argv is None else argv)]
-    section = render(runs, command, adapter_us_per_message(args.batch))
+    section = render(runs, command, adapter_us_per_message(args.batch), session_us)
     print(section)
     report.write_bulk(args.output, section)
     return 0
