@@ -95,6 +95,8 @@ class SupervisionTests(SynchronousTestCase):
         self.assertIn("listener 1883 127.0.0.1\n", text)
         self.assertIn("allow_anonymous true\n", text)
         self.assertIn("persistence false\n", text)
+        self.assertIn("user ", text)
+        self.assertNotIn("user ", mosquitto_config("127.0.0.1", 1883, user=""))
         self.assertEqual(
             self.log.lines(),
             [
