@@ -27,14 +27,17 @@ HEADER = """\
 # Benchmark results
 
 Written by `python -m bench` (`./dev bench`, which first installs mosquitto, wrk
-and curl); every run overwrites this file with its own results. To reproduce, on a
-machine with nothing else busy, from the repository's root:
+and curl); every run overwrites this file with its own results, except the section
+of `python -m bench.bulk` (the EMQX-compatible bulk publish against API 1), which
+only that command replaces. To reproduce, on a machine with nothing else busy, from
+the repository's root:
 
 ```sh
 ./dev bench                                   # every scenario, 10 s each
 .venv/bin/python -m bench --duration 30       # longer runs
 .venv/bin/python -m bench --quick             # a 3 s smoke run
 .venv/bin/python -m bench --scenarios http,https-cert,micro   # some of them
+.venv/bin/python -m bench.bulk                # /api/v5/publish/bulk vs API 1
 ```
 
 Every scenario POSTs a distinct 64-byte body per request to
@@ -619,7 +622,40 @@ def render(results: Results, machine: Machine, command: Sequence[str]) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+#: The markers around the section of C{python -m bench.bulk}, which L{write} keeps.
+BULK_BEGIN = "<!-- python -m bench.bulk: begin -->"
+BULK_END = "<!-- python -m bench.bulk: end -->"
+
+
+def _bulk_section(path: Path) -> str:
+    """The section of C{python -m bench.bulk} in C{path}, markers included."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ""
+    begin, end = text.find(BULK_BEGIN), text.find(BULK_END)
+    if begin < 0 or end < begin:
+        return ""
+    return text[begin : end + len(BULK_END)] + "\n"
+
+
 def write(path: Path, section: str) -> None:
-    """Overwrite C{path} with the header and the latest run's section."""
+    """
+    Overwrite C{path} with the header and the latest run's section, keeping the
+    section of C{python -m bench.bulk}.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(HEADER + "\n" + section)
+    bulk = _bulk_section(path)
+    path.write_text(HEADER + "\n" + section + ("\n" + bulk if bulk else ""))
+
+
+def write_bulk(path: Path, section: str) -> None:
+    """
+    Put C{section} (of C{python -m bench.bulk}) into C{path} between
+    L{BULK_BEGIN} and L{BULK_END}, replacing the one there, keeping the rest.
+    """
+    text = path.read_text() if path.exists() else HEADER
+    old = _bulk_section(path)
+    new = f"{BULK_BEGIN}\n{section}{BULK_END}\n"
+    text = text.replace(old, new) if old else text.rstrip("\n") + "\n\n" + new
+    path.write_text(text)

@@ -136,10 +136,13 @@ def command(
     connections: int,
     threads: int,
     script_args: Sequence[str] = (),
+    *,
+    script: Path = SCRIPT,
 ) -> list[str]:
     """
-    The wrk command line for one run of C{post.lua} against C{url}, with the
-    script's C{script_args} (C{basic=BASE64}, C{http1.0}).
+    The wrk command line for one run of C{script} (C{post.lua} unless told)
+    against C{url}, with the script's C{script_args} (C{basic=BASE64},
+    C{http1.0}).
     """
     return [
         shutil.which("wrk") or "wrk",
@@ -149,7 +152,7 @@ def command(
         f"--timeout={TIMEOUT}",
         "--latency",
         "-s",
-        str(SCRIPT),
+        str(script),
         url,
         *(["--", *script_args] if script_args else []),
     ]
@@ -161,6 +164,8 @@ def run(
     connections: int,
     threads: int = 1,
     script_args: Sequence[str] = (),
+    *,
+    script: Path = SCRIPT,
 ) -> WrkResult:
     """
     Run wrk against C{url} for C{duration} seconds (whole seconds, at least 1)
@@ -168,7 +173,7 @@ def run(
 
     @raise WrkError: when wrk fails or its report cannot be read.
     """
-    argv = command(url, duration, connections, threads, script_args)
+    argv = command(url, duration, connections, threads, script_args, script=script)
     process = spawn(argv, stdout=subprocess.PIPE)
     try:
         stdout, _ = process.communicate(timeout=duration + 30)

@@ -183,12 +183,15 @@ class HTTPConfig:
     @ivar idle_timeout: seconds an idle or stalled connection is kept.
     @ivar max_connections_per_source: the most connections open at once from
         one client address (more are answered 503 at once).
+    @ivar max_batch: the most messages one C{POST /api/v5/publish/bulk} may carry
+        (more is a 413).
     """
 
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     max_body: int = 262144
     idle_timeout: float = 60.0
     max_connections_per_source: int = 256
+    max_batch: int = 1000
 
 
 @attrs.frozen
@@ -595,6 +598,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
             "max_body": _integer(1),
             "idle_timeout": _number(positive=True),
             "max_connections_per_source": _integer(1),
+            "max_batch": _integer(1),
         },
     ),
     "tls": (

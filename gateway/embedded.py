@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.test_embedded -*-
 """
-The embedded MQTT broker of the zero-config default (SPEC section 2).
+The embedded MQTT broker of the zero-config default.
 
-With no broker configured the daemon runs amqtt (MQTT 3.1.1 only) on
-127.0.0.1:1883 with anonymous access. twistd has installed its own reactor before
+With no broker configured the daemon runs an embedded broker on 127.0.0.1:1883 with
+anonymous access: Mosquitto as a supervised child process when the C{mosquitto}
+program is on C{PATH} (L{gateway.mosquitto}; MQTT 5, so every MQTT 5 feature of the
+APIs works), otherwise amqtt (MQTT 3.1.1 only), as L{embedded_broker} chooses and
+logs.
+
+amqtt runs in the daemon's process. twistd has installed its own reactor before
 any of our code runs, so amqtt gets a private asyncio event loop in a dedicated
 thread, owned by L{EmbeddedBrokerService}. Nothing crosses between the two worlds
 except through C{reactor.callFromThread} and C{loop.call_soon_threadsafe}.
@@ -27,12 +32,14 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+
+from gateway.mosquitto import MosquittoBrokerService, find_mosquitto
 
 log = Logger()
 _AMQTT_LOG = Logger(namespace="amqtt")
@@ -155,7 +162,11 @@ class EmbeddedBrokerService(Service):
     connection and the listening socket, and its L{Deferred} fires once the broker's
     thread has ended, without blocking the reactor. Retained messages and sessions
     live in memory only: they do not survive a restart.
+    @ivar protocol: the MQTT version the gateway's session should speak to it.
     """
+
+    protocol = "3.1.1"
+    kind = "amqtt"
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 1883, reactor: Any = None
@@ -363,3 +374,37 @@ def _reason(error: BaseException) -> str:
 
 def _failure(error: BaseException) -> Failure:
     return Failure(error)  # type: ignore[no-untyped-call]
+
+
+class EmbeddedBroker(Protocol):
+    """What start-up needs of an embedded broker."""
+
+    #: C{"Mosquitto"} or C{"amqtt"}.
+    kind: str
+    #: The MQTT version the gateway's session should speak to it.
+    protocol: str
+
+    def start_and_wait(self, timeout: float = ...) -> None:
+        """Start the broker; return once it listens, raise when it cannot."""
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the broker; fire once it has."""
+
+
+def embedded_broker(
+    host: str, port: int, reactor: Any = None, path: str | None = None
+) -> EmbeddedBroker:
+    """
+    The embedded broker for C{host:port}: Mosquitto when the C{mosquitto} program
+    is on C{path} (C{PATH} when C{None}), else amqtt, with a warning that says
+    MQTT 5 is not available then.
+    """
+    executable = find_mosquitto(path)
+    if executable is not None:
+        return MosquittoBrokerService(host, port, executable, reactor=reactor)
+    log.warn(
+        "No mosquitto program on PATH: the embedded MQTT broker is amqtt, which "
+        "speaks MQTT 3.1.1 only (MQTT 5 properties are refused with 400 "
+        "UnsupportedProperty). Install Mosquitto for MQTT 5."
+    )
+    return EmbeddedBrokerService(host, port, reactor=reactor)

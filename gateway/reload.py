@@ -40,7 +40,16 @@ _log = Logger()
 
 # What a reload does not apply, as "section.key" names; each needs a restart.
 _RESTART_KEYS = (
-    ("http", ("listen", "max_body", "idle_timeout", "max_connections_per_source")),
+    (
+        "http",
+        (
+            "listen",
+            "max_body",
+            "idle_timeout",
+            "max_connections_per_source",
+            "max_batch",
+        ),
+    ),
     ("tls", ("listen",)),
     (
         "mqtt",

@@ -59,7 +59,7 @@ from gateway.config import (
     load,
 )
 from gateway.core import Gateway
-from gateway.embedded import EmbeddedBrokerService
+from gateway.embedded import EmbeddedBroker, embedded_broker
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
@@ -72,6 +72,7 @@ from gateway.signals import OnSignal
 from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
+from gateway.web.emqx import EMQXAPI
 from gateway.web.router import Router
 from gateway.web.server import (
     HTTPServerFactory,
@@ -178,9 +179,11 @@ class Options(usage.Options):
 
     synopsis = "[--config PATH] [--listen ENDPOINT ...] [--broker URI ...]"
     longdesc = (
-        "Publish MQTT messages with one HTTP request: POST /topics/{topic}. "
+        "Publish MQTT messages with one HTTP request: POST /topics/{topic}, "
+        "or EMQX's POST /api/v5/publish and /api/v5/publish/bulk. "
         "With no configuration it serves HTTP on 127.0.0.1:8080 and runs an "
-        "embedded MQTT broker on 127.0.0.1:1883 with anonymous publishing. "
+        "embedded MQTT broker on 127.0.0.1:1883 (Mosquitto when installed, else "
+        "amqtt) with anonymous publishing. "
         "ENDPOINT is a Twisted server endpoint string such as "
         "tcp:8080:interface=127.0.0.1 or systemd:domain=INET:index=0."
     )
@@ -286,7 +289,7 @@ class _StartFirst(Service):
     privileged start-up and start-up waits until it listens.
     """
 
-    def __init__(self, broker: EmbeddedBrokerService) -> None:
+    def __init__(self, broker: EmbeddedBroker) -> None:
         self.broker = broker
 
     def privilegedStartService(self) -> None:
@@ -319,8 +322,16 @@ class _ExitCleanlyOnSIGTERM(OnSignal):
         self._reactor.stop()
 
 
-def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher:
-    """The publisher of the configured mode, its services under C{root}."""
+def _publisher(
+    options: Options,
+    root: MultiService,
+    reactor: Any,
+    embedded: EmbeddedBroker | None = None,
+) -> IPublisher:
+    """
+    The publisher of the configured mode, its services under C{root}; it speaks
+    the embedded broker's MQTT version when there is one.
+    """
     config = options.config
     if config.auth.mode == "broker":
         passthrough = PassthroughPublisher(
@@ -339,8 +350,7 @@ def _publisher(options: Options, root: MultiService, reactor: Any) -> IPublisher
         client_id=config.mqtt.gateway_client_id(socket.gethostname()),
         username=config.mqtt.username or None,
         password=config.mqtt.password.encode() if config.mqtt.password else None,
-        # amqtt, the embedded broker, speaks MQTT 3.1.1 only: no need to probe.
-        protocol="3.1.1" if config.embedded_broker else config.mqtt.protocol,
+        protocol=config.mqtt.protocol if embedded is None else embedded.protocol,
         keepalive=config.mqtt.keepalive,
     )
     session = BrokerSession(
@@ -393,9 +403,10 @@ def makeService(options: Options) -> IService:
     # Stopped last-added first, one after another: listeners, then the drain of
     # requests in flight, then the broker sessions.
     root = StopInOrder()
+    embedded = None
     if config.embedded_broker:
         address = config.mqtt.brokers[0]
-        embedded = EmbeddedBrokerService(address.host, address.port, reactor=reactor)
+        embedded = embedded_broker(address.host, address.port, reactor)
         starter = _StartFirst(embedded)
         starter.setName("embedded-broker")
         starter.setServiceParent(root)
@@ -410,7 +421,7 @@ def makeService(options: Options) -> IService:
             if config.embedded_broker
             else "",
         )
-    publisher = _publisher(options, root, reactor)
+    publisher = _publisher(options, root, reactor, embedded)
     metrics = None
     if config.admin.listen:
         metrics = GatewayMetrics(reactor)
@@ -439,7 +450,12 @@ def makeService(options: Options) -> IService:
         aliyun = AliyunAPI(core, config.aliyun, reactor, max_payload=max_payload)
         max_target = max(max_target, max_target_bytes(max_payload))
     factory = HTTPServerFactory(
-        Router(TopicsAPI(core), publisher, aliyun),
+        Router(
+            TopicsAPI(core),
+            publisher,
+            aliyun,
+            EMQXAPI(core, max_batch=config.http.max_batch),
+        ),
         max_body=config.http.max_body,
         max_target_bytes=max_target,
         idle_timeout=config.http.idle_timeout,

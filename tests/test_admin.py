@@ -76,6 +76,29 @@ class AdminRouterTests(SynchronousTestCase):
             )
         )
 
+    def test_openapi(self) -> None:
+        """/openapi.json is the OpenAPI 3.1 description as JSON, naming every
+        device-facing and admin operation."""
+        import json
+
+        response = self.handle(get(b"/openapi.json"))
+        self.assertEqual(response.status, 200)
+        self.assertIn(("Content-Type", "application/json"), response.headers)
+        document = json.loads(response.body)
+        self.assertEqual(document["openapi"], "3.1.0")
+        self.assertEqual(
+            set(document["paths"]),
+            {
+                "/topics/{topic}",
+                "/api/v5/publish",
+                "/api/v5/publish/bulk",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/openapi.json",
+            },
+        )
+
     def test_without_metrics(self) -> None:
         """Without metrics, /metrics is an unknown path."""
         router = AdminRouter(self.publisher)

@@ -6,6 +6,7 @@ MQTT sessions each pattern of HTTP requests made.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
 from tests.brokers import Mosquitto, Received, Subscriber, poll
-from tests.gateway import CurlResult, RunningGateway, curl
+from tests.gateway import CurlResult, RunningGateway, curl, json_post
 
 USERS = {"alice": "secret", "bob": "hunter2", "watcher": "watch"}
 ACL = """\
@@ -338,6 +339,43 @@ class BrokerModeOverHTTPTests(BrokerModeFixture):
         self.assertEqual(result.status, 401, result.raw_head)
         self.assertEqual(
             result.headers["www-authenticate"], 'Basic realm="mqtt-http-gateway"'
+        )
+        await self.only_marker()
+
+    def bulk(self, credentials: str, items: list[dict[str, Any]]) -> Any:
+        return curl(
+            "-u",
+            credentials,
+            *json_post(items),
+            f"{self.gateway.url}/api/v5/publish/bulk",
+        )
+
+    async def test_emqx_bulk_one_session(self) -> None:
+        """An EMQX-compatible bulk of three messages: published concurrently over
+        one MQTT session opened as the sender; every message arrives."""
+        items = [{"topic": f"home/e{i}", "payload": str(i), "qos": 1} for i in range(3)]
+        result = await self.bulk("alice:secret", items)
+        self.assertEqual(result.status, 200, result.raw_head + repr(result.body))
+        self.assertEqual([list(item) for item in json.loads(result.body)], [["id"]] * 3)
+        messages = await self.subscriber.wait_for(3)
+        self.assertEqual(sorted(m.payload for m in messages), [b"0", b"1", b"2"])
+        sessions = re.findall(
+            r"New client connected from \S+ as http-", self.broker.log()
+        )
+        self.assertEqual(len(sessions), 1, self.broker.log())
+
+    async def test_emqx_bulk_wrong_password(self) -> None:
+        """The broker refuses the sender's password: 401 with the Basic challenge,
+        every message's result says so, nothing is published."""
+        items = [{"topic": "home/w", "payload": "x"}] * 2
+        result = await self.bulk("alice:wrong", items)
+        self.assertEqual(result.status, 401, result.raw_head)
+        self.assertEqual(
+            result.headers["www-authenticate"], 'Basic realm="mqtt-http-gateway"'
+        )
+        self.assertEqual(
+            json.loads(result.body),
+            [{"reason_code": 134, "message": "bad_username_or_password"}] * 2,
         )
         await self.only_marker()
 

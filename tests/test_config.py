@@ -45,6 +45,7 @@ listen = ["tcp:8080:interface=127.0.0.1"]   # any Twisted server endpoint string
 max_body = 262144                            # bytes; larger -> 413
 idle_timeout = 60                            # seconds an idle keep-alive connection lives
 max_connections_per_source = 256             # open connections per client address
+max_batch = 1000                             # messages in one /api/v5/publish/bulk
 [tls]
 listen = []                                  # endpoint strings served as HTTPS with the
                                              # settings below (tcp:, systemd:, ...)
@@ -127,6 +128,7 @@ class DefaultsTests(SynchronousTestCase):
                 max_body=262144,
                 idle_timeout=60.0,
                 max_connections_per_source=256,
+                max_batch=1000,
             ),
         )
         self.assertEqual(
@@ -215,7 +217,7 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_spec_keys(self) -> None:
         """The SPEC names exactly the eight sections and their keys."""
-        self.assertEqual(len(SPEC_KEYS), 33)
+        self.assertEqual(len(SPEC_KEYS), 34)
         self.assertEqual(
             {k.split(".")[0] for k in SPEC_KEYS},
             {f.name for f in attrs.fields(Config)} - {"source"},
@@ -362,6 +364,7 @@ class ErrorTests(SynchronousTestCase):
         ({"tls": {"cert": {}}}, "tls.cert: expected a string, got a table"),
         # ranges and choices
         ({"http": {"max_body": 0}}, "http.max_body: must be at least 1, got 0"),
+        ({"http": {"max_batch": 0}}, "http.max_batch: must be at least 1, got 0"),
         (
             {"http": {"idle_timeout": 0}},
             "http.idle_timeout: must be greater than 0, got 0",
@@ -528,7 +531,13 @@ class ErrorTests(SynchronousTestCase):
     @given(st.text(min_size=1))
     def test_any_unknown_key(self, key: str) -> None:
         """Any unknown key in a section is refused with one line that starts with it."""
-        if key in {"listen", "max_body", "idle_timeout", "max_connections_per_source"}:
+        if key in {
+            "listen",
+            "max_body",
+            "idle_timeout",
+            "max_connections_per_source",
+            "max_batch",
+        }:
             return
         message = error({"http": {key: 1}})
         self.assertIn(": unknown key", message)

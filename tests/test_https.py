@@ -5,12 +5,14 @@ the assembled gateway, a real Mosquitto and a paho subscriber.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import Mosquitto, Subscriber, free_port
 from tests.certs import PKI, make_pki
-from tests.gateway import CurlResult, RunningGateway, curl, password_file
+from tests.gateway import CurlResult, RunningGateway, curl, json_post, password_file
 
 SEED_DATA = '{ "message": "Hello, world" }'
 ACL = """\
@@ -134,6 +136,31 @@ class DeviceCertificateTests(HTTPSTestCase):
         self.assertEqual(denied.status, 403)
         [message] = await self.subscriber.wait_for(1)
         self.assertEqual(message.topic, "devices/device-42/t")
+
+    async def test_emqx_bulk(self) -> None:
+        """The EMQX-compatible bulk publish over HTTPS with a device certificate:
+        the CN is the sender for the ACL (one message allowed, one denied) and for
+        the user properties."""
+        items = [
+            {"topic": "devices/device-42/a", "payload": "mine", "qos": 1},
+            {"topic": "devices/device-7/a", "payload": "theirs", "qos": 1},
+        ]
+        result = await self.device(
+            *json_post(items),
+            f"https://127.0.0.1:{self.tls_port}/api/v5/publish/bulk",
+        )
+        self.assertEqual(result.status, 403, result.raw_head)
+        body = json.loads(result.body)
+        self.assertRegex(body[0]["id"], "^[0-9A-F]{32}$")
+        self.assertEqual(body[1], {"reason_code": 135, "message": "not_authorized"})
+        [message] = await self.subscriber.wait_for(1)
+        self.assertEqual(
+            (message.topic, message.payload), ("devices/device-42/a", b"mine")
+        )
+        self.assertEqual(
+            message.properties["UserProperty"],
+            [("http-client-id", "device-42"), ("http-username", "device-42")],
+        )
 
     async def test_other_client_id(self) -> None:
         """A client_id other than the CN is 403 and publishes nothing."""

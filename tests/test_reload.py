@@ -298,6 +298,13 @@ class ReloaderTests(SynchronousTestCase):
         self.assertIn("http.listen, mqtt.brokers", warning)
         self.assertIn("restart", warning)
 
+    def test_max_batch_needs_restart(self) -> None:
+        """A changed [http] max_batch is named as needing a restart."""
+        text = read(self.files.config).replace("[http]\n", "[http]\nmax_batch = 5\n")
+        self.assertIn("max_batch = 5", text)
+        self.files.write("gateway.toml", text)
+        self.assertEqual(self.reloader.reload().restart_needed, ("http.max_batch",))
+
     def test_bad_config(self) -> None:
         """A config file that does not parse is refused with one line naming it;
         the files the running configuration names are read again."""

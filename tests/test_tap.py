@@ -6,6 +6,7 @@ nothing, documents its options, and refuses bad configuration with one clear lin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -184,7 +185,9 @@ class CommandLineTests(TestCase):
         self.assertIn(f"cannot listen on tcp:{port}".encode(), out + err)
         self.assertNotIn(b"Traceback", out + err)
 
-    async def run_daemon(self, *args: str) -> tuple[int, str]:
+    async def run_daemon(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         from twisted.internet import reactor
         from twisted.internet.protocol import ProcessProtocol
 
@@ -213,7 +216,7 @@ class CommandLineTests(TestCase):
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
             ],
-            env=os.environ,
+            env=os.environ if env is None else env,
         )
 
         def stop() -> Deferred[int]:
@@ -279,15 +282,79 @@ class CommandLineTests(TestCase):
         self.assertEqual(record["message_id"], result.headers["x-message-id"])
         self.assertNotIn("Hello", b"".join(self.output).decode())
 
-    async def test_zero_config(self) -> None:
-        """With no configuration: the embedded broker on 127.0.0.1:1883, anonymous
-        publishing, a log line saying so."""
+    def skip_unless_1883_free(self) -> None:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", 1883)) == 0:
                 raise SkipTest("port 1883 is taken on this machine")
+
+    async def test_zero_config(self) -> None:
+        """With no configuration and Mosquitto installed: Mosquitto as the
+        embedded broker on 127.0.0.1:1883, anonymous publishing, log lines saying
+        so; an MQTT 5 subscriber sees the sender's user property; SIGTERM stops
+        the daemon and the broker."""
+        if shutil.which("mosquitto") is None:
+            raise SkipTest("mosquitto is not installed")
+        self.skip_unless_1883_free()
         port, log = await self.run_daemon()
         self.assertIn("embedded MQTT broker", log)
         self.assertIn("anonymous", log)
+        self.assertIn(
+            "Embedded MQTT broker (Mosquitto, MQTT 5 and 3.1.1, anonymous) "
+            "listening on 127.0.0.1:1883",
+            log,
+        )
+        self.assertIn("Connected to mqtt://127.0.0.1:1883 (MQTT 5,", log)
+        subscriber = Subscriber("127.0.0.1", 1883, "#", protocol=5)
+        self.addCleanup(subscriber.stop)
+        await subscriber.start()
+        result = await curl(
+            "-X",
+            "POST",
+            "--data",
+            "hi",
+            f"http://127.0.0.1:{port}/topics/demo?qos=1&client_id=laptop",
+        )
+        self.assertEqual(result.status, 200)
+        [message] = await subscriber.wait_for(1)
+        self.assertEqual((message.topic, message.payload), ("demo", b"hi"))
+        self.assertEqual(
+            message.properties["UserProperty"], [("http-client-id", "laptop")]
+        )
+        self.process.signalProcess(signal.SIGTERM)
+        self.assertEqual(await self.ended, 0)
+        with socket.socket() as probe:
+            self.assertNotEqual(probe.connect_ex(("127.0.0.1", 1883)), 0)
+
+    async def test_zero_config_broker_dies_with_daemon(self) -> None:
+        """A daemon killed with SIGKILL takes its Mosquitto child with it: port
+        1883 is free again."""
+        from twisted.internet import reactor
+
+        if shutil.which("mosquitto") is None:
+            raise SkipTest("mosquitto is not installed")
+        self.skip_unless_1883_free()
+        await self.run_daemon()
+        self.process.signalProcess(signal.SIGKILL)
+        await self.ended
+
+        def closed() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", 1883)) != 0
+
+        await poll(reactor, closed, 5, lambda: "Mosquitto outlived the daemon")
+
+    async def test_zero_config_without_mosquitto(self) -> None:
+        """With no mosquitto program on PATH: amqtt (MQTT 3.1.1) is the embedded
+        broker, and the log says so and why; publishing still works."""
+        self.skip_unless_1883_free()
+        env = {**os.environ, "PATH": os.path.dirname(TWISTD)}
+        port, log = await self.run_daemon(env=env)
+        self.assertIn("No mosquitto program on PATH", log)
+        self.assertIn(
+            "Embedded MQTT broker (amqtt, MQTT 3.1.1, anonymous) listening on "
+            "127.0.0.1:1883",
+            log,
+        )
         subscriber = Subscriber("127.0.0.1", 1883, "#", protocol=4)
         self.addCleanup(subscriber.stop)
         await subscriber.start()

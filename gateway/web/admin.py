@@ -8,7 +8,9 @@ only on C{[admin] listen}.
   - C{GET /readyz}: 200 while a broker session is up (the publisher's
     C{connected}), else 503;
   - C{GET /metrics}: the metrics, Prometheus text (or OpenMetrics when the
-    C{Accept} header asks for it).
+    C{Accept} header asks for it);
+  - C{GET /openapi.json}: the OpenAPI 3.1 description of every operation, the
+    device-facing ones and these.
 
 C{HEAD} is answered like C{GET} without a body; other methods are 405 with
 C{Allow}, other paths 404. The query string is ignored.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway import openapi
 from gateway.errors import GatewayError
 from gateway.web.messages import HTTPRequest, HTTPResponse
 
@@ -68,6 +71,7 @@ class AdminRouter:
         self._routes = {
             b"/healthz": self._health,
             b"/readyz": self._ready,
+            b"/openapi.json": self._openapi,
         }
         if metrics is not None:
             self._routes[b"/metrics"] = self._metrics
@@ -95,6 +99,13 @@ class AdminRouter:
         if self.publisher.connected:
             return _text(200, "ready")
         return _text(503, "not ready: no broker session", ("Retry-After", "1"))
+
+    def _openapi(self, request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(
+            status=200,
+            headers=(("Content-Type", "application/json"),),
+            body=openapi.as_json(),
+        )
 
     def _metrics(self, request: HTTPRequest) -> HTTPResponse:
         assert self.metrics is not None

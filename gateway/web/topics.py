@@ -17,12 +17,12 @@ from urllib.parse import unquote_to_bytes
 import attrs
 from twisted.internet.defer import Deferred
 
-from gateway.auth.certs import peer_common_name
-from gateway.auth.identify import Claim, parse_basic
+from gateway.auth.identify import Claim
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
 from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
+from gateway.web.claims import request_claim
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.numbers import bounded_integer
 
@@ -307,13 +307,4 @@ def claim_of(request: HTTPRequest, asked: PublishRequest) -> Claim:
 
     @raise GatewayError: 401 for an unreadable C{Authorization} header.
     """
-    certificate = request.peer_certificate
-    return Claim(
-        basic=parse_basic(request.header(b"authorization")),
-        certificate_cn=None if certificate is None else peer_common_name(certificate),
-        client_id=asked.client_id,
-        username=asked.username,
-        connection_id=request.connection_id,
-        peer=request.peer,
-        keep_alive=request.keep_alive,
-    )
+    return request_claim(request, asked.client_id, asked.username)

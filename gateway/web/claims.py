@@ -1,0 +1,33 @@
+# -*- test-case-name: tests.test_web_topics,tests.test_web_emqx -*-
+"""
+What an HTTP request says about its sender, the same for every API that takes Basic
+credentials or a client certificate (API 1 and the EMQX-compatible API).
+"""
+
+from __future__ import annotations
+
+from gateway.auth.certs import peer_common_name
+from gateway.auth.identify import Claim, parse_basic
+from gateway.web.messages import HTTPRequest
+
+
+def request_claim(
+    request: HTTPRequest, client_id: str | None = None, username: str | None = None
+) -> Claim:
+    """
+    The claim of C{request}: its Basic credentials, the verified client
+    certificate's CN, the client id and user name it asks for (C{None}: none
+    asked), its connection and source address.
+
+    @raise GatewayError: 401 for an unreadable C{Authorization} header.
+    """
+    certificate = request.peer_certificate
+    return Claim(
+        basic=parse_basic(request.header(b"authorization")),
+        certificate_cn=None if certificate is None else peer_common_name(certificate),
+        client_id=client_id,
+        username=username,
+        connection_id=request.connection_id,
+        peer=request.peer,
+        keep_alive=request.keep_alive,
+    )
