@@ -120,26 +120,19 @@ def adapter_us_per_message(batch: int, repeats: int = 200) -> float:
     """
     from twisted.internet.defer import succeed
     from twisted.internet.task import Clock
-    from zope.interface import implementer
 
     from gateway.auth.identify import Authenticator
     from gateway.core import Gateway
-    from gateway.interfaces import IPublisher
     from gateway.model import Identity, Message, PublishResult
     from gateway.web.emqx import EMQXAPI
     from gateway.web.messages import HTTPRequest
+    from tests.fakes import PublisherFake
 
-    @implementer(IPublisher)
-    class Instant:
-        connected = True
-
+    class Instant(PublisherFake):
         def publish(
             self, message: Message, identity: Identity
         ) -> Deferred[PublishResult]:
             return succeed(PublishResult("0" * 32))
-
-        def connection_closed(self, connection_id: str) -> None:
-            pass
 
     core = Gateway(Instant(), Authenticator(None, allow_anonymous=True), Clock())
     api = EMQXAPI(core, max_batch=batch)

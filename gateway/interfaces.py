@@ -4,10 +4,13 @@ The seams of the gateway, as zope interfaces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from gateway.model import Identity, Message, PublishResult
+from gateway.status import PublisherStatus, StatusObserver
 
 
 class IPublisher(Interface):
@@ -20,6 +23,16 @@ class IPublisher(Interface):
     """
 
     connected = Attribute("C{True} while a broker session is up.")
+
+    def status() -> PublisherStatus:
+        """The state of the broker connection now."""
+
+    def observe(observer: StatusObserver) -> Callable[[], None]:
+        """
+        Call C{observer} with the new L{PublisherStatus} whenever the connection
+        state changes (up, down, another broker or protocol level); returns the
+        way to stop.
+        """
 
     def publish(message: Message, identity: Identity) -> Deferred[PublishResult]:
         """

@@ -49,6 +49,7 @@ from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
+from gateway.status import PublisherStatus, StatusObserver
 
 __all__ = [
     "PREFIX",
@@ -483,6 +484,14 @@ class MeasuredPublisher:
     def connected(self) -> bool:
         """The wrapped publisher's C{connected}."""
         return bool(self.wrapped.connected)
+
+    def status(self) -> PublisherStatus:
+        """The wrapped publisher's status."""
+        return self.wrapped.status()  # type: ignore[no-any-return]
+
+    def observe(self, observer: StatusObserver) -> Callable[[], None]:
+        """Observe the wrapped publisher."""
+        return self.wrapped.observe(observer)  # type: ignore[no-any-return]
 
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         """

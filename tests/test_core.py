@@ -8,24 +8,23 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.auth.identify import Authenticator, Claim
 from gateway.config import LimitsConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
-from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
+from tests.fakes import PublisherFake
 
 
-@implementer(IPublisher)
-class FakePublisher:
+class FakePublisher(PublisherFake):
     """Takes every message at once and remembers it."""
 
     connected = True
 
     def __init__(self) -> None:
+        super().__init__()
         self.published: list[tuple[Message, Identity]] = []
 
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:

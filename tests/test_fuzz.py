@@ -26,7 +26,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from gateway.auth.identify import Authenticator
 from gateway.config import LimitsConfig
@@ -37,7 +36,6 @@ from gateway.errors import (
     broker_unavailable,
     from_reason_code,
 )
-from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
 from gateway.web.messages import HTTPRequest, HTTPResponse
@@ -45,6 +43,7 @@ from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
 from tests.brokers import Mosquitto, free_port, poll
+from tests.fakes import PublisherFake
 from tests.gateway import curl
 from tests.test_web_server import responses
 
@@ -93,13 +92,11 @@ class DenyPrefix:
         return not topic.startswith("deny")
 
 
-@implementer(IPublisher)
-class ScriptedPublisher:
+class ScriptedPublisher(PublisherFake):
     """Answers each publish with the next scripted outcome."""
 
-    connected = True
-
     def __init__(self) -> None:
+        super().__init__()
         self.outcome: GatewayError | None = None
         self.published: list[Message] = []
 

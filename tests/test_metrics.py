@@ -12,7 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway.errors import Code, GatewayError
@@ -22,6 +21,7 @@ from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from tests.fakes import PublisherFake
 
 P = "mqtt_http_gateway_"
 
@@ -62,11 +62,11 @@ def value(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
     return samples(metrics).get((P + name, frozenset(labels.items())))
 
 
-@implementer(IPublisher)
-class FakePublisher:
+class FakePublisher(PublisherFake):
     """An IPublisher whose answers the test decides."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.connected = False
         self.results: list[Deferred[PublishResult]] = []
         self.closed: list[str] = []

@@ -12,19 +12,18 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.auth.identify import Authenticator
 from gateway.config import LimitsConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
-from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
 from gateway.web.emqx import EMQXAPI, parse_batch, parse_message
 from gateway.web.messages import HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI
+from tests.fakes import PublisherFake
 
 ID = "0123456789ABCDEF0123456789ABCDEF"
 BASIC = b"Basic " + base64.b64encode(b"user0:secret0")
@@ -45,8 +44,7 @@ def request(
     )
 
 
-@implementer(IPublisher)
-class TopicPublisher:
+class TopicPublisher(PublisherFake):
     """
     Stands in for the broker, answering by topic: C{nosub/...} matched no
     subscriber (0x10), C{down/...} the broker is unreachable, C{refused/...}
@@ -56,6 +54,7 @@ class TopicPublisher:
     connected = True
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[Identity, Message]] = []
         self.waiting: list[Deferred[PublishResult]] = []
 

@@ -12,16 +12,15 @@ from hypothesis import given
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.auth.identify import Authenticator
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
-from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 from gateway.web.messages import HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI, parse_publish, parse_topic
+from tests.fakes import PublisherFake
 from tests.strategies import mqtt_text
 
 
@@ -40,13 +39,13 @@ def request(
     )
 
 
-@implementer(IPublisher)
-class RecordingPublisher:
+class RecordingPublisher(PublisherFake):
     """Stands in for the broker: records what it was asked and answers as told."""
 
     connected = True
 
     def __init__(self, answer: Deferred[PublishResult] | None = None) -> None:
+        super().__init__()
         self.calls: list[tuple[Identity, Message]] = []
         self.answer = answer
 

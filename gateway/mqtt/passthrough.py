@@ -31,6 +31,7 @@ from gateway.errors import Code, GatewayError, broker_unavailable
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
 
 @attrs.define(eq=False)
@@ -113,6 +114,7 @@ class PassthroughPublisher(Service):
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
         self.connected = True
+        self._observers = StatusObservers()
         self._clock = clock
         self._sessions: dict[str, _Sender] = {}
         self._by_connection: dict[str, set[_Sender]] = {}
@@ -327,10 +329,19 @@ class PassthroughPublisher(Service):
         if self._probe is not None:
             self._probe.check()
 
+    def status(self) -> PublisherStatus:
+        """Whether brokers are reachable, and how many sender sessions are open."""
+        return PublisherStatus(connected=self.connected, sessions=len(self._sessions))
+
+    def observe(self, observer: StatusObserver) -> Callable[[], None]:
+        """Hear when brokers become reachable or unreachable."""
+        return self._observers.observe(observer)
+
     def _reachable(self, reachable: bool) -> None:
         if reachable == self.connected:
             return
         self.connected = reachable
+        self._observers.notify(self.status())
         if reachable:
             self._log.info("An MQTT broker is reachable again")
         else:

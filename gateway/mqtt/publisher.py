@@ -6,12 +6,15 @@ The shared publisher: every message goes out over the gateway's own broker sessi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.session import BrokerSession
+from gateway.status import PublisherStatus, StatusObserver
 
 
 def sender_properties(identity: Identity) -> tuple[tuple[str, str], ...]:
@@ -43,6 +46,14 @@ class SharedPublisher:
     def connected(self) -> bool:
         """C{True} while the broker session is up."""
         return self.session.connected
+
+    def status(self) -> PublisherStatus:
+        """The session's state."""
+        return self.session.status()
+
+    def observe(self, observer: StatusObserver) -> Callable[[], None]:
+        """Hear of the session going up or down."""
+        return self.session.observe(observer)
 
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         """Send C{message} for C{identity}; see L{IPublisher.publish}."""

@@ -63,6 +63,7 @@ from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.connector import Broker, SessionSettings, connect
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
+from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
 __all__ = ["Broker", "BrokerLimits", "BrokerSession", "SessionSettings"]
 
@@ -311,6 +312,8 @@ class BrokerSession(Service):
         self._disconnect_reason: int | None = None
         self._next_packet_id = 1
         self._stopped: Deferred[None] | None = None
+        self._observers = StatusObservers()
+        self._reconnects = 0
 
     # -- what callers see
 
@@ -333,6 +336,22 @@ class BrokerSession(Service):
     def was_connected(self) -> bool:
         """Whether a broker has accepted this session at least once."""
         return self._ever_connected
+
+    def status(self) -> PublisherStatus:
+        """The state of the session now."""
+        return PublisherStatus(
+            connected=self.connected,
+            broker=self.current_broker,
+            protocol_level=self.protocol_level,
+            reconnects=self._reconnects,
+            inflight=len(self._inflight),
+            queued=len(self._queue),
+        )
+
+    def observe(self, observer: StatusObserver) -> Callable[[], None]:
+        """Call C{observer} with the new status when the session goes up or
+        down; returns the way to stop."""
+        return self._observers.observe(observer)
 
     @property
     def ended(self) -> bool:
@@ -477,6 +496,8 @@ class BrokerSession(Service):
             return
         connack = protocol.connack
         resumed = connack.session_present and self._ever_connected
+        if self._ever_connected:
+            self._reconnects += 1
         self._failures = 0
         self._retry_at = None
         self._ever_connected = True
@@ -498,6 +519,7 @@ class BrokerSession(Service):
         )
         self._resume(resumed)
         self._pump()
+        self._observers.notify(self.status())
 
     def _attempt_failed(self, failure: Failure, broker: Broker) -> None:
         self._connecting = None
@@ -569,6 +591,7 @@ class BrokerSession(Service):
             return
         self._protocol = None
         self._stop_watchdog()
+        self._observers.notify(self.status())
         if self._stopped is not None:
             stopped, self._stopped = self._stopped, None
             stopped.callback(None)
