@@ -607,6 +607,84 @@ def encode(packet: Packet, protocol_level: int) -> bytes:
     return encoder(packet, protocol_level)
 
 
+def message_properties(
+    *,
+    payload_format_indicator: int | None = None,
+    message_expiry_interval: int | None = None,
+    content_type: str | None = None,
+    response_topic: str | None = None,
+    correlation_data: bytes | None = None,
+    user_properties: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """
+    The MQTT 5 property block of an application message's PUBLISH (length
+    included), as L{encode} writes it for a L{Publish} with these properties,
+    built without a L{Properties} value: the message path's fast form.
+
+    @raise ValueError: as L{encode} does for a value it cannot send.
+    """
+    parts = []
+    if payload_format_indicator is not None:
+        if payload_format_indicator not in (0, 1):
+            raise ValueError(
+                f"payload_format_indicator cannot be {payload_format_indicator!r}."
+            )
+        parts.append(b"\x01\x01" if payload_format_indicator else b"\x01\x00")
+    if message_expiry_interval is not None:
+        if not 0 <= message_expiry_interval <= 0xFFFFFFFF:
+            raise ValueError(
+                f"message_expiry_interval cannot be {message_expiry_interval!r}."
+            )
+        parts.append(b"\x02" + _U32.pack(message_expiry_interval))
+    if content_type is not None:
+        parts.append(b"\x03" + _string(content_type))
+    if response_topic is not None:
+        parts.append(b"\x08" + _string(response_topic))
+    if correlation_data is not None:
+        parts.append(b"\x09" + _binary(correlation_data))
+    for pair in user_properties:
+        parts.append(b"\x26" + _pair(pair))
+    body = b"".join(parts)
+    return _varint(len(body)) + body
+
+
+def encode_message(
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int,
+    retain: bool,
+    packet_id: int | None,
+    properties: bytes | None,
+) -> bytes:
+    """
+    The bytes of an application message's PUBLISH (not DUP): at MQTT 5 when
+    C{properties} is a block from L{message_properties}, at MQTT 3.1.1 when it
+    is C{None}. The same bytes as L{encode} of the equivalent L{Publish}.
+
+    @raise ValueError: as L{encode} does.
+    """
+    if "+" in topic or "#" in topic or not topic:
+        raise ValueError(f"The topic {topic!r} cannot be published to.")
+    first = 0x30 | qos << 1 | (1 if retain else 0)
+    head = _string(topic)
+    if qos:
+        if packet_id is None or not 1 <= packet_id <= 65535:
+            raise ValueError(f"A QoS {qos} PUBLISH needs a packet id.")
+        head += _U16.pack(packet_id)
+    if properties is not None:
+        head += properties
+    length = len(head) + len(payload)
+    if length > _MAX_VARINT:
+        raise ValueError(f"A remaining length of {length} is more than MQTT allows.")
+    return b"".join((bytes((first,)), _varint(length), head, payload))
+
+
+def as_duplicate(data: bytes) -> bytes:
+    """A QoS 1/2 PUBLISH's bytes with the DUP flag set (a retransmission)."""
+    return bytes((data[0] | 0x08,)) + data[1:]
+
+
 # -- decoding.  Parsers take (buffer, start, end, first byte, level).
 
 
