@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 
+from gateway.mqtt.outcomes import Outcome, PublishFailed
+
 
 class Code(enum.Enum):
     """The error codes of API 1 (C{POST /topics/...}), SPEC section 8."""
@@ -193,3 +195,40 @@ def from_connack_code(code: int, protocol_level: int) -> GatewayError:
         retry_after=retry_after,
         parameter="client_id" if code_ is Code.InvalidParameter else None,
     )
+
+
+def from_publish_failure(failure: PublishFailed) -> GatewayError:
+    """
+    The one mapping of the broker side's failures (L{PublishFailed}) to what an
+    HTTP client is told: 503 with C{Retry-After} when no session could take the
+    message or none acknowledged it in time, the mapped status of a broker
+    reason code, 400 naming C{qos} or C{retained} for what the broker does not
+    offer, 413 for its size limit, 400 for what MQTT cannot carry, 502 for a
+    message the broker closed the connection on without saying why.
+    """
+    outcome, message = failure.outcome, failure.message
+    code = failure.reason_code
+    if outcome in (Outcome.UNAVAILABLE, Outcome.TIMEOUT, Outcome.SESSION_LOST):
+        return broker_unavailable(message, retry_after=failure.retry_after or 1)
+    if outcome is Outcome.CONNECT_REFUSED and code is not None:
+        return from_connack_code(code, failure.protocol_level)
+    closed = outcome in (Outcome.REASON_CODE, Outcome.CLOSED_ON)
+    if closed and code is not None and code >= 0x80:
+        error = from_reason_code(code)
+        return GatewayError(
+            error.code,
+            f"{message} ({error.message})" if message else error.message,
+            status=error.status,
+            retry_after=error.retry_after,
+        )
+    simple = _OUTCOMES.get(outcome, (Code.BrokerRejected, None))
+    return GatewayError(simple[0], message, parameter=simple[1])
+
+
+_OUTCOMES: dict[Outcome, tuple[Code, str | None]] = {
+    Outcome.QOS_LIMIT: (Code.InvalidQoS, "qos"),
+    Outcome.RETAIN_LIMIT: (Code.InvalidRetained, "retained"),
+    Outcome.SIZE_LIMIT: (Code.PayloadTooLarge, None),
+    Outcome.UNSUPPORTED_PROPERTY: (Code.UnsupportedProperty, None),
+    Outcome.UNSENDABLE: (Code.InvalidParameter, None),
+}

@@ -410,7 +410,7 @@ class LimitTests(SessionTestCase):
         """Packet ids wrap at 65535 and never reuse one still in flight."""
         session = self.start()
         broker = self.connected()
-        session._next_packet_id = 65535
+        session.window._next_packet_id = 65535
         self.publish()
         self.publish()
         ids = [p.packet_id for p in broker.received()]  # type: ignore[union-attr]

@@ -30,7 +30,9 @@ from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError, broker_unavailable
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
-from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.mqtt.outcomes import Outcome, PublishFailed
+from gateway.mqtt.publisher import as_gateway_error
+from gateway.mqtt.session import Broker, BrokerSession, OneShotSession, SessionSettings
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
 
@@ -163,7 +165,7 @@ class PassthroughPublisher(Service):
             self._by_connection.setdefault(identity.connection_id, set()).add(sender)
         sender.pending += 1
         self._touch(sender)
-        d = sender.session.publish(message)
+        d = sender.session.publish(message).addErrback(as_gateway_error)
         d.addBoth(self._answered, sender)
         return d
 
@@ -211,12 +213,11 @@ class PassthroughPublisher(Service):
             keepalive=self.keepalive,
             session_expiry=0,
         )
-        session = BrokerSession(
+        session = OneShotSession(
             brokers,
             settings,
             publish_timeout=self.publish_timeout,
             clock=self._clock,
-            reconnect=False,
             levels=self._levels,
         )
         sender = _Sender(
@@ -297,7 +298,7 @@ class PassthroughPublisher(Service):
                     del self._by_connection[connection_id]
         sender.connections.clear()
 
-    def _ended(self, reason: GatewayError | None, sender: _Sender) -> None:
+    def _ended(self, reason: PublishFailed | None, sender: _Sender) -> None:
         """
         A session is over: forget it, and learn from how it ended whether a broker
         is reachable.
@@ -308,7 +309,7 @@ class PassthroughPublisher(Service):
             # Closed by us; if it never got through, find out why.
             if not session.was_connected and self.running:
                 self._check_reachable()
-        elif reason.code is not Code.BrokerUnavailable:
+        elif reason.outcome is not Outcome.UNAVAILABLE:
             self._reachable(True)  # a broker answered, if only to refuse
         elif session.was_connected:
             self._check_reachable()  # the connection was lost

@@ -9,12 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.errors import from_publish_failure
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
+from gateway.mqtt.outcomes import PublishFailed
 from gateway.mqtt.session import BrokerSession
 from gateway.status import PublisherStatus, StatusObserver
+
+
+def as_gateway_error(failure: Failure) -> Failure:
+    """A broker-side L{PublishFailed} as the L{GatewayError} HTTP clients get."""
+    if isinstance(failure.value, PublishFailed):
+        return Failure(from_publish_failure(failure.value))
+    return failure
 
 
 def sender_properties(identity: Identity) -> tuple[tuple[str, str], ...]:
@@ -57,7 +67,9 @@ class SharedPublisher:
 
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         """Send C{message} for C{identity}; see L{IPublisher.publish}."""
-        return self.session.publish(message, sender_properties(identity))
+        return self.session.publish(message, sender_properties(identity)).addErrback(
+            as_gateway_error
+        )
 
     def connection_closed(self, connection_id: str) -> None:
         """Nothing is tied to HTTP connections here."""
