@@ -44,6 +44,7 @@ __all__ = [
     "SessionSettings",
 ]
 
+
 def reconnect_delay(attempt: int) -> float:
     """
     Seconds to wait before connection attempt C{attempt + 1}: 0.1 s doubling up
