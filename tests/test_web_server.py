@@ -95,7 +95,10 @@ class Connection:
         self.clock = Clock()
         self.log: list[dict[str, object]] = []
         self.factory = HTTPServerFactory(
-            self.handler, clock=self.clock, access_log=self.log.append, **options
+            self.handler,
+            clock=self.clock,
+            access_log=lambda record: self.log.append(record.as_dict()),
+            **options,
         )
         self.protocol = self.factory.buildProtocol(None)
         if transport is None:
@@ -1343,7 +1346,7 @@ class AccessLogTests(SynchronousTestCase):
     def test_access_log_failure_contained(self) -> None:
         c = Connection()
 
-        def broken(entry: dict[str, object]) -> None:
+        def broken(entry: object) -> None:
             raise OSError("disk full")
 
         c.factory.access_log = broken

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from gateway.errors import Code, GatewayError
 from gateway.web.assembler import RequestAssembler
-from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.messages import AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.pipeline import ResponsePipeline, Slot, encode_response
 
 if TYPE_CHECKING:
@@ -418,21 +418,22 @@ class HTTPServerProtocol(Protocol):
         access_log = self._factory.access_log
         if access_log is not None:
             log = response.log
-            entry: dict[str, object] = {
-                "time": self._factory.iso_time(now),
-                "peer": request.peer,
-                "method": request.method,
-                "path": request.path.decode("latin-1"),
-                "http_version": request.http_version,
-                "status": response.status,
-                "bytes": sent,
-                "duration_ms": round((now - slot.start) * 1000, 3),
-                "client_id": log.client_id,
-                "user": log.user,
-                "message_id": log.message_id,
-            }
+            record = AccessRecord(
+                self._factory.iso_time(now),
+                request.peer,
+                request.method,
+                request.path.decode("latin-1"),
+                request.http_version,
+                response.status,
+                sent,
+                round((now - slot.start) * 1000, 3),
+                log.client_id,
+                log.user,
+                log.message_id,
+                log.api,
+            )
             try:
-                access_log(entry)
+                access_log(record)
             except Exception:
                 _log.failure("Access log failed")
 

@@ -50,7 +50,7 @@ from zope.interface import implementer
 
 from gateway.clock import default_clock
 from gateway.errors import GatewayError
-from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.messages import AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.protocol import HTTPServerProtocol
 
 __all__ = [
@@ -179,7 +179,7 @@ class HTTPServerFactory(Factory):
         max_pipeline: int = 32,
         max_connections: int | None = None,
         max_connections_per_source: int = 256,
-        access_log: Callable[[dict[str, object]], None] | None = None,
+        access_log: Callable[[AccessRecord], None] | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -201,8 +201,8 @@ class HTTPServerFactory(Factory):
         @param max_connections_per_source: the most connections served at once
             to one client address (IP address; for UNIX sockets all clients
             are one).
-        @param access_log: called with one dict per response written (the keys of
-            SPEC section 10), or C{None}.
+        @param access_log: called with the L{AccessRecord} of every response
+            written, or C{None}.
         @param clock: the time source and scheduler; the global reactor if
             C{None}.
         """
