@@ -399,7 +399,12 @@ class AliyunAPI:
 
         def done(result: PublishResult) -> HTTPResponse:
             body = {"MsgId": result.message_id, "RequestId": new_request_id()}
-            return _json(200, body, [], attrs.evolve(log, message_id=result.message_id))
+            return _json(
+                200,
+                body,
+                [],
+                AccessLogFields(API.ALIYUN, log.client_id, log.user, result.message_id),
+            )
 
         def failed(failure: Any) -> HTTPResponse:
             failure.trap(GatewayError)

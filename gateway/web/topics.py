@@ -290,7 +290,9 @@ class TopicsAPI:
             return HTTPResponse(
                 status=200,
                 headers=(("X-Message-Id", result.message_id),),
-                log=attrs.evolve(log, message_id=result.message_id),
+                log=AccessLogFields(
+                    API.TOPICS, identity.client_id, identity.username, result.message_id
+                ),
             )
 
         def failed(failure: Any) -> HTTPResponse:
