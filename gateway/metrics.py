@@ -501,7 +501,3 @@ class MeasuredPublisher:
             self._clock.seconds() - start, not isinstance(result, Failure)
         )
         return result
-
-    def connection_closed(self, connection_id: str) -> None:
-        """Tell the wrapped publisher."""
-        self.wrapped.connection_closed(connection_id)

@@ -139,7 +139,6 @@ class AdminRouterTests(SynchronousTestCase):
             get(b""), GatewayError(Code.PayloadTooLarge, "too large")
         )
         self.assertEqual((response.status, response.body), (413, b"too large\n"))
-        self.router.connection_closed("abc")
 
 
 class AdminServerTests(SynchronousTestCase):

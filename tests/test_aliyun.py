@@ -677,9 +677,6 @@ class _Recorder:
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         return self.handler.render_error(request, error)
 
-    def connection_closed(self, connection_id: str) -> None:
-        self.handler.connection_closed(connection_id)
-
 
 def replay(endpoint: str, request: HTTPRequest) -> Deferred[CurlResult]:
     """Send C{request} again, byte for byte but for framing headers, with curl."""

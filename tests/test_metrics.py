@@ -73,15 +73,11 @@ class FakePublisher(PublisherFake):
         super().__init__()
         self.connected = False
         self.results: list[Deferred[PublishResult]] = []
-        self.closed: list[str] = []
 
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         d: Deferred[PublishResult] = Deferred()
         self.results.append(d)
         return d
-
-    def connection_closed(self, connection_id: str) -> None:
-        self.closed.append(connection_id)
 
 
 class FakeSession:
@@ -270,8 +266,6 @@ class PublishMetricsTests(SynchronousTestCase):
         verifyObject(IPublisher, self.publisher)
         self.inner.connected = True
         self.assertTrue(self.publisher.connected)
-        self.publisher.connection_closed("abc")
-        self.assertEqual(self.inner.closed, ["abc"])
 
     def test_latency(self) -> None:
         """The time from hand-over to the broker's ack is observed; the result

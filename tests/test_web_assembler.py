@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import Code, GatewayError
+from gateway.model import Connection
 from gateway.web.assembler import RequestAssembler, split_target
 from gateway.web.messages import HTTPRequest
 
@@ -61,7 +62,7 @@ def assembler(
         max_body=max_body,
         max_header_bytes=max_header_bytes,
         max_target_bytes=max_target_bytes,
-        connection_id="c1",
+        connection=Connection("c1"),
         peer="127.0.0.1:5",
     )
 

@@ -58,6 +58,3 @@ class SharedPublisher:
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         """Send C{message} for C{identity}; see L{IPublisher.publish}."""
         return self.session.publish(message, sender_properties(identity))
-
-    def connection_closed(self, connection_id: str) -> None:
-        """Nothing is tied to HTTP connections here."""

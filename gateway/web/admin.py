@@ -93,9 +93,6 @@ class AdminRouter:
         """A plain-text response with the error's status and message."""
         return _text(error.status, error.message)
 
-    def connection_closed(self, connection_id: str) -> None:
-        """Nothing is tied to admin connections."""
-
     def _health(self, request: HTTPRequest) -> HTTPResponse:
         return _text(200, "ok")
 

@@ -392,6 +392,7 @@ class AliyunAPI:
             password=self.config.access_keys[access_key_id].encode("utf-8"),
             connection_id=request.connection_id,
             keep_alive=request.keep_alive,
+            connection=request.connection,
         )
         message = Message(
             topic=asked.topic, payload=asked.payload, qos=QOS, retain=RETAIN

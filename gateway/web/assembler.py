@@ -20,6 +20,7 @@ from typing import NoReturn
 import httptools
 
 from gateway.errors import Code, GatewayError
+from gateway.model import Connection
 from gateway.web.framing import framing_error
 from gateway.web.messages import HTTPRequest
 from gateway.web.numbers import bounded_integer
@@ -89,7 +90,7 @@ class RequestAssembler:
         max_body: int,
         max_header_bytes: int,
         max_target_bytes: int,
-        connection_id: str = "",
+        connection: Connection | None = None,
         peer: str = "",
         peer_certificate: Callable[[], object] = lambda: None,
     ) -> None:
@@ -98,7 +99,8 @@ class RequestAssembler:
         @param max_body: the largest body accepted, in bytes.
         @param max_header_bytes: the largest header block (names and values).
         @param max_target_bytes: the longest request target.
-        @param connection_id: copied into every request.
+        @param connection: the connection's handle, copied into every request
+            (with its id).
         @param peer: copied into every request.
         @param peer_certificate: returns the TLS client certificate (or C{None})
             for every request.
@@ -108,7 +110,8 @@ class RequestAssembler:
         self._max_header_bytes = max_header_bytes
         self._max_target_bytes = max_target_bytes
         self._head_limit = max_header_bytes + max_target_bytes + _HEAD_SLACK
-        self._connection_id = connection_id
+        self._connection = connection
+        self._connection_id = "" if connection is None else connection.id
         self.peer = peer
         self._peer_certificate = peer_certificate
         self._parser = httptools.HttpRequestParser(self)
@@ -178,6 +181,7 @@ class RequestAssembler:
                 method="",
                 path=b"",
                 connection_id=self._connection_id,
+                connection=self._connection,
                 peer=self.peer,
                 peer_certificate=self._peer_certificate(),
                 keep_alive=False,
@@ -197,6 +201,7 @@ class RequestAssembler:
             headers=tuple(self._headers),
             http_version=version,
             connection_id=self._connection_id,
+            connection=self._connection,
             peer=self.peer,
             peer_certificate=self._peer_certificate(),
             keep_alive=False,
@@ -318,6 +323,7 @@ class RequestAssembler:
             body=(body[0] if len(body) == 1 else b"".join(body)),
             http_version=self._version,
             connection_id=self._connection_id,
+            connection=self._connection,
             peer=self.peer,
             peer_certificate=self._peer_certificate(),
             keep_alive=self._keep_alive,

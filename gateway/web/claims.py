@@ -33,6 +33,7 @@ def request_claim(
         connection_id=request.connection_id,
         peer=request.peer,
         keep_alive=request.keep_alive,
+        connection=request.connection,
     )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from gateway.model import Connection
+
 
 class API(enum.Enum):
     """
@@ -44,6 +46,8 @@ class HTTPRequest:
     @ivar peer_certificate: the verified client certificate (a
         C{cryptography.x509.Certificate}) on TLS connections that presented one.
     @ivar keep_alive: whether the connection stays open after the response.
+    @ivar connection: the handle of the connection (closing heard through it),
+        or C{None}.
     """
 
     method: str
@@ -56,6 +60,7 @@ class HTTPRequest:
     peer: str = ""
     peer_certificate: Any = None
     keep_alive: bool = True
+    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
 
     def header(self, name: bytes) -> bytes | None:
         """

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.errors import Code, GatewayError
+from gateway.model import Connection
 from gateway.web.assembler import RequestAssembler
 from gateway.web.messages import AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.pipeline import ResponsePipeline, Slot, encode_response
@@ -79,6 +80,7 @@ class HTTPServerProtocol(Protocol):
         self._handler = factory.handler
         self._clock = factory.clock
         self.connection_id = os.urandom(8).hex()
+        self.connection = Connection(self.connection_id)
         self._max_pipeline = factory.max_pipeline
         self._request_timeout = factory.request_timeout
         self._assembler = RequestAssembler(
@@ -86,7 +88,7 @@ class HTTPServerProtocol(Protocol):
             max_body=factory.max_body,
             max_header_bytes=factory.max_header_bytes,
             max_target_bytes=factory.max_target_bytes,
-            connection_id=self.connection_id,
+            connection=self.connection,
             peer_certificate=self._peer_certificate,
         )
         self._transport: ITransport | None = None
@@ -166,14 +168,11 @@ class HTTPServerProtocol(Protocol):
         self._reading = False
         self._pipeline.clear()
         self._cancel_timers()
+        self.connection.close()
         if self._refused:
             self._factory.refusing -= 1
             return
         self._factory.connection_ended(self)
-        try:
-            self._handler.connection_closed(self.connection_id)
-        except Exception:
-            _log.failure("Request handler failed on a closed connection")
 
     # IPushProducer, for the transport
 

@@ -129,12 +129,6 @@ class RequestHandler(typing.Protocol):
         empty and the body is always C{b""}.
         """
 
-    def connection_closed(self, connection_id: str) -> None:
-        """
-        The HTTP connection C{connection_id} has closed (sessions tied to it may
-        end).
-        """
-
 
 @implementer(IProtocolNegotiationFactory)
 class HTTPServerFactory(Factory):
