@@ -543,18 +543,25 @@ def start_gateway(
 
 
 def start_baseline(
-    directory: Path, name: str, form_parsing: bool, timeout: float = 10.0
+    directory: Path,
+    name: str,
+    form_parsing: bool,
+    timeout: float = 10.0,
+    llhttp: bool = False,
 ) -> Server:
     """
     Start the baseline server (L{bench.baseline}) as its own process on a free port.
 
     @param form_parsing: C{True} for twisted.web's default C{Site(root)}, C{False}
         for C{Site(root, parsePOSTFormSubmission=False)}.
+    @param llhttp: the bare llhttp protocol instead of twisted.web.
     @raise StartError: when it does not answer 200 within C{timeout} seconds.
     """
     port = free_port()
     argv = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
-    if not form_parsing:
+    if llhttp:
+        argv.append("--llhttp")
+    elif not form_parsing:
         argv.append("--no-form-parsing")
     server = HTTPServer(
         name,

@@ -17,6 +17,7 @@ from pathlib import Path
 from bench.scenario import (
     BASELINES,
     BUSY_PERCENT,
+    LLHTTP,
     REFERENCE,
     SCENARIOS,
     Results,
@@ -195,6 +196,7 @@ def results_table(results: Results) -> list[str]:
     """The main table: one row per scenario, skipped ones included."""
     reference = results.run_for(REFERENCE)
     site, site_noforms = (results.run_for(key) for key in BASELINES)
+    llhttp = results.run_for(LLHTTP)
     skipped = {s.scenario.key: s for s in results.skipped}
     rows = []
     for which in SCENARIOS:
@@ -202,7 +204,7 @@ def results_table(results: Results) -> list[str]:
         if run is None:
             if which.key in skipped:
                 rows.append(
-                    [f"`{which.key}`", which.title, "skipped (see below)"] + [""] * 12
+                    [f"`{which.key}`", which.title, "skipped (see below)"] + [""] * 13
                 )
             continue
         rows.append(
@@ -213,6 +215,7 @@ def results_table(results: Results) -> list[str]:
                 f"{run.load.requests_per_s:,.0f}"
                 + (" ¹" if results.noisy(run) else ""),
                 _ratio(run, reference),
+                _ratio(run, llhttp),
                 _ratio(run, site),
                 _ratio(run, site_noforms),
                 _ms(run.load.latency_ms[50]),
@@ -232,6 +235,7 @@ def results_table(results: Results) -> list[str]:
             "client",
             "req/s",
             "÷ http",
+            "÷ llhttp",
             "÷ Site(root)",
             "÷ Site(no forms)",
             "p50",
@@ -544,7 +548,8 @@ def render(results: Results, machine: Machine, command: Sequence[str]) -> str:
             "",
             "req/s: responses per second of the measured window; `÷ http` etc.: "
             "req/s as a fraction of the `http` scenario's (the gateway, anonymous, "
-            "plain HTTP keep-alive) and of the two baselines'. p50/p99: latency "
+            "plain HTTP keep-alive) and of the three baselines' (`÷ llhttp`: the bare "
+            "llhttp protocol, the floor). p50/p99: latency "
             "from writing a request to reading its response (wrk's `--latency`; the "
             "python client measures the same), never including connecting or TLS "
             "handshakes. non-2xx: wrk counts statuses above 399, the python client "

@@ -66,7 +66,8 @@ class Scenario:
 
     @ivar key: its name on the command line (C{--scenarios}).
     @ivar title: its name in the report.
-    @ivar server: C{"site"} or C{"site-noforms"} (the baselines) or C{"gateway"}.
+    @ivar server: C{"llhttp"}, C{"site"} or C{"site-noforms"} (the baselines) or
+        C{"gateway"}.
     @ivar client: C{"wrk"} or C{"python"} (L{bench.loadgen}).
     @ivar tls: HTTPS (the gateway's C{[tls]} listener).
     @ivar auth: what the requests present: nothing, Basic credentials, or the
@@ -79,7 +80,7 @@ class Scenario:
 
     key: str
     title: str
-    server: Literal["site", "site-noforms", "gateway"]
+    server: Literal["llhttp", "site", "site-noforms", "gateway"]
     what: str
     client: Literal["wrk", "python"] = "wrk"
     tls: bool = False
@@ -109,6 +110,15 @@ _KEEP_ALIVE = (
 )
 
 SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        key="llhttp",
+        title="bare llhttp protocol on Twisted",
+        server="llhttp",
+        what="A bare llhttp (httptools) parser in a Twisted protocol answering "
+        "200 to every request, nothing checked or logged (`bench/baseline.py "
+        "--llhttp`): the floor of any HTTP server on this stack, which every "
+        "gateway figure is a ratio to; " + _KEEP_ALIVE + ", plain HTTP, wrk.",
+    ),
     Scenario(
         key="site",
         title="twisted.web Site(root)",
@@ -387,6 +397,8 @@ class Results:
 #: The scenario the ratios are taken against, and the baselines.
 REFERENCE = "http"
 BASELINES = ("site", "site-noforms")
+#: The bare llhttp protocol: the floor every figure is also a ratio to.
+LLHTTP = "llhttp"
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT[0-9:]+[+-]\d{4} ")
 _TWISTD_PROBLEM = re.compile(
@@ -532,8 +544,12 @@ def run_baseline(
     """Measure one baseline server, started for this run and stopped after it."""
     progress(f"{which.key}: starting")
     form_parsing = which.server == "site"
+    names = {"site": "baseline", "site-noforms": "baseline-no-forms"}
     with start_baseline(
-        directory, "baseline" if form_parsing else "baseline-no-forms", form_parsing
+        directory,
+        names.get(which.server, "baseline-llhttp"),
+        form_parsing,
+        llhttp=which.server == "llhttp",
     ) as server:
         ready = server.sample()
         if settings.warmup > 0:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from typing import IO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from gateway.web.messages import AccessRecord
 
 # Lines are written in batches: one write per request would cost a system call on the
 # hot path; a short delay keeps the log near real time.
@@ -41,9 +44,10 @@ class AccessLog:
             return sys.__stdout__ or sys.stdout
         return open(self.path, "a", encoding="utf-8")
 
-    def __call__(self, record: dict[str, object]) -> None:
-        """Log one request."""
-        line = json.dumps(record, separators=(", ", ": "))
+    def __call__(self, record: AccessRecord | Mapping[str, object]) -> None:
+        """Log one request: its record, or any JSON object as given."""
+        fields = record.as_dict() if isinstance(record, AccessRecord) else record
+        line = json.dumps(fields, separators=(", ", ": "))
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_SIZE:

@@ -44,9 +44,3 @@ class IPublisher(Interface):
             silent past the publish timeout, the mapped status for a broker reason
             code). It never fires later than the publish timeout plus one second.
         """
-
-    def connection_closed(connection_id: str) -> None:
-        """
-        The HTTP connection C{connection_id} has closed: whatever was kept for it
-        (broker mode's per-sender sessions) may end.
-        """

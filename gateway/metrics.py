@@ -7,8 +7,9 @@ L{GatewayMetrics} keeps its own L{CollectorRegistry} (never prometheus-client's
 global one, so two gateways in one process, as in the tests, do not mix). It
 learns about traffic from what it is handed:
 
-  - L{GatewayMetrics.observe_response}: the record of every HTTP response (the
-    dict the HTTP server gives its C{access_log}; pass both with L{compose});
+  - L{GatewayMetrics.observe_response}: the L{AccessRecord} of every HTTP
+    response (what the HTTP server gives its C{access_log}; pass both with
+    L{compose}), which names the API that answered;
   - L{MeasuredPublisher}: an L{IPublisher} decorator timing each publish from
     the hand-over to the broker's acknowledgement (or the failure);
 
@@ -50,12 +51,13 @@ from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.status import PublisherStatus, StatusObserver
+from gateway.web.messages import API, AccessRecord
 
 __all__ = [
     "PREFIX",
     "GatewayMetrics",
     "MeasuredPublisher",
-    "api_of",
+    "api_label",
     "compose",
 ]
 
@@ -79,12 +81,10 @@ LATENCY_BUCKETS = (
     10.0,
 )
 
-Record = Mapping[str, object]
-
 
 def compose(
-    *observers: Callable[[dict[str, object]], None] | None,
-) -> Callable[[dict[str, object]], None] | None:
+    *observers: Callable[[AccessRecord], None] | None,
+) -> Callable[[AccessRecord], None] | None:
     """
     One C{access_log} callable for the HTTP server that hands each response
     record to every observer given, in order; C{None}s are left out.
@@ -98,25 +98,21 @@ def compose(
     if len(present) == 1:
         return present[0]
 
-    def observe(record: dict[str, object]) -> None:
+    def observe(record: AccessRecord) -> None:
         for observer in present:
             observer(record)
 
     return observe
 
 
-def api_of(path: object) -> str:
-    """
-    Which API a request path belongs to, as the C{api} label: C{"topics"} for
-    C{/topics/...}, C{"aliyun"} for C{/} (where the Alibaba SDKs send
-    C{SendMessage}), C{"other"} for anything else.
-    """
-    if isinstance(path, str):
-        if path.startswith("/topics/"):
-            return "topics"
-        if path == "/":
-            return "aliyun"
-    return "other"
+#: The C{api} label of each API's requests: API 1 and API 2 have their own,
+#: every other request (the EMQX-compatible API included) counts as C{"other"}.
+_API_LABELS = {API.TOPICS: "topics", API.ALIYUN: "aliyun"}
+
+
+def api_label(api: API) -> str:
+    """The C{api} label of the requests that C{api} answered."""
+    return _API_LABELS.get(api, "other")
 
 
 class _Histogram:
@@ -207,26 +203,23 @@ class GatewayMetrics(Service):
 
     # -- what is observed
 
-    def observe_response(self, record: Record) -> None:
+    def observe_response(self, record: AccessRecord) -> None:
         """
-        Count one HTTP response from its access-log record (the keys of SPEC
-        section 10: C{path}, C{status}, C{http_version}, C{duration_ms} are
-        read).
+        Count one HTTP response from its access record (the API that answered,
+        the status, HTTP version and duration).
         """
-        api = api_of(record.get("path"))
-        status = str(record.get("status"))
-        key = (api, status, str(record.get("http_version") or ""))
+        api = _API_LABELS.get(record.api, "other")
+        status = str(record.status)
+        key = (api, status, record.http_version)
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
         if status in _REFUSALS:
             refusal = (api, status)
             self._refusals[refusal] = self._refusals.get(refusal, 0) + 1
-        duration = record.get("duration_ms")
-        if isinstance(duration, int | float):
-            histogram = self._durations.get(api)
-            if histogram is None:
-                histogram = self._durations[api] = _Histogram(LATENCY_BUCKETS)
-            histogram.observe(duration / 1000.0)
+        histogram = self._durations.get(api)
+        if histogram is None:
+            histogram = self._durations[api] = _Histogram(LATENCY_BUCKETS)
+        histogram.observe(record.duration_ms / 1000.0)
 
     def observe_publish(self, seconds: float, ok: bool) -> None:
         """
@@ -508,7 +501,3 @@ class MeasuredPublisher:
             self._clock.seconds() - start, not isinstance(result, Failure)
         )
         return result
-
-    def connection_closed(self, connection_id: str) -> None:
-        """Tell the wrapped publisher."""
-        self.wrapped.connection_closed(connection_id)

@@ -11,8 +11,62 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 
 import attrs
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+class Connection:
+    """
+    One client connection (an HTTP connection), as a handle the message path
+    carries: its id, and the way to hear that it closed.
+
+    Whatever is kept for the connection (broker mode's per-sender sessions)
+    registers with L{when_closed}; the server that owns the connection calls
+    L{close} once it is gone.
+
+    @ivar id: unique to the connection, stable across the requests it carries.
+    """
+
+    __slots__ = ("_callbacks", "_closed", "id")
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+        self._closed = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id}{' closed' if self._closed else ''}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has closed."""
+        return self._closed
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call C{callback} once the connection closes (now, if it has)."""
+        if self._closed:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def close(self) -> None:
+        """
+        For the connection's owner: it has closed. Each callback runs once; one
+        that raises is logged and does not stop the others.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _log.failure("A callback on a closed connection failed")
 
 
 class Proof(enum.Enum):
@@ -38,6 +92,8 @@ class Identity:
     @ivar connection_id: the HTTP connection the request came on.
     @ivar keep_alive: whether that connection stays open for more requests (HTTP/1.1
         keep-alive); broker mode keeps the sender's session that long.
+    @ivar connection: the handle of that connection (whose closing broker mode
+        hears), or C{None}.
     """
 
     client_id: str
@@ -47,6 +103,7 @@ class Identity:
     password: bytes | None = attrs.field(default=None, repr=False)
     connection_id: str = ""
     keep_alive: bool = False
+    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from gateway.interfaces import IPublisher
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Connection, Identity, Message, PublishResult
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
 
@@ -44,5 +44,28 @@ class PublisherFake:
         """Subclasses answer."""
         raise NotImplementedError
 
-    def connection_closed(self, connection_id: str) -> None:
-        """Nothing is kept per connection."""
+
+class Connections:
+    """
+    Connection handles by name, for tests that speak of "connection c1": the
+    same name gives the same handle until it is closed.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, Connection] = {}
+
+    def named(self, name: str) -> Connection:
+        """The open handle called C{name} (a new one if there is none)."""
+        connection = self._open.get(name)
+        if connection is None:
+            connection = self._open[name] = Connection(name)
+        return connection
+
+    def close(self, name: str) -> None:
+        """Close the connection called C{name} (a new one, if none is open)."""
+        self.named(name).close()
+        del self._open[name]
+
+    def forget(self) -> None:
+        """Drop every handle (between tests), closing none."""
+        self._open.clear()

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.accesslog import AccessLog
+from gateway.web.messages import API, AccessRecord
 
 RECORD: dict[str, object] = {
     "time": "2026-11-22T04:00:00.000Z",
@@ -49,6 +50,13 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual(
             self.lines(), [RECORD, dict(RECORD, status=503, message_id=None)]
         )
+
+    def test_typed_record(self) -> None:
+        """The server's typed record is written with exactly the log's keys (the
+        API that answered is the metrics', not a key of the line)."""
+        self.log(AccessRecord(**RECORD, api=API.TOPICS))  # type: ignore[arg-type]
+        self.log.flush()
+        self.assertEqual(self.lines(), [RECORD])
 
     def test_large_batches_written_at_once(self) -> None:
         """64 KiB of records are written without waiting for the timer."""

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway.errors import Code, GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.web.admin import AdminRouter
-from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.messages import API, AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.server import HTTPServerFactory
 from tests.brokers import Mosquitto, free_port, poll
 from tests.gateway import RunningGateway, curl
@@ -56,10 +56,24 @@ class AdminRouterTests(SynchronousTestCase):
     def test_metrics(self) -> None:
         """/metrics is the Prometheus text of the gateway's registry."""
         self.metrics.observe_response(
-            {"path": "/topics/a", "status": 401, "http_version": "1.1"}
+            AccessRecord(
+                "2024-05-01T12:00:00.000Z",
+                "127.0.0.1:5000",
+                "POST",
+                "/topics/a",
+                "1.1",
+                401,
+                0,
+                1.0,
+                None,
+                None,
+                None,
+                API.TOPICS,
+            )
         )
         response = self.handle(get(b"/metrics"))
         self.assertEqual(response.status, 200)
+        self.assertEqual(response.log.api, API.ADMIN)
         self.assertIn(
             ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
             response.headers,
@@ -125,7 +139,6 @@ class AdminRouterTests(SynchronousTestCase):
             get(b""), GatewayError(Code.PayloadTooLarge, "too large")
         )
         self.assertEqual((response.status, response.body), (413, b"too large\n"))
-        self.router.connection_closed("abc")
 
 
 class AdminServerTests(SynchronousTestCase):

@@ -44,7 +44,7 @@ from gateway.web.aliyun import (
     parse_send_message,
     signed_request,
 )
-from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
@@ -252,7 +252,9 @@ class HandleTests(AnsweringTestCase):
             self.assertEqual((QOS, RETAIN), (1, False))
             self.assertEqual(
                 response.log,
-                AccessLogFields(client_id=KEY_ID, user=KEY_ID, message_id=msg_id),
+                AccessLogFields(
+                    api=API.ALIYUN, client_id=KEY_ID, user=KEY_ID, message_id=msg_id
+                ),
             )
 
     def test_old_sdk(self) -> None:
@@ -674,9 +676,6 @@ class _Recorder:
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         return self.handler.render_error(request, error)
-
-    def connection_closed(self, connection_id: str) -> None:
-        self.handler.connection_closed(connection_id)
 
 
 def replay(endpoint: str, request: HTTPRequest) -> Deferred[CurlResult]:

@@ -22,6 +22,7 @@ from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
 from tests.brokers import Mosquitto, Received, Subscriber, poll
+from tests.fakes import Connections
 from tests.gateway import CurlResult, RunningGateway, curl, json_post
 
 USERS = {"alice": "secret", "bob": "hunter2", "watcher": "watch"}
@@ -35,6 +36,10 @@ topic readwrite home/#
 user watcher
 topic read #
 """
+
+
+#: The connections of the current test (see L{Connections}).
+CONNECTIONS = Connections()
 
 
 def sender(
@@ -51,6 +56,7 @@ def sender(
         password=USERS[username].encode() if password is None else password,
         connection_id=connection,
         keep_alive=bool(connection),
+        connection=CONNECTIONS.named(connection) if connection else None,
     )
 
 
@@ -62,6 +68,7 @@ class BrokerModeFixture(TestCase):
     protocol = "5"
 
     def setUp(self) -> Deferred[None]:  # type: ignore[override]
+        self.addCleanup(CONNECTIONS.forget)
         return ensureDeferred(self.start())
 
     async def start(self) -> None:
@@ -198,7 +205,7 @@ class BrokerModeTests(BrokerModeFixture):
             await self.publish(sender("dev-11", connection="c1"), payload=b"%d" % i)
         self.assertEqual(self.connects("dev-11"), 1)
         self.assertEqual(self.disconnects("dev-11"), 0)
-        self.publisher.connection_closed("c1")
+        CONNECTIONS.close("c1")
         await self.wait_disconnects("dev-11", 1)
         self.assertEqual(self.connects("dev-11"), 1)
         await self.subscriber.wait_for(3)
@@ -213,9 +220,9 @@ class BrokerModeTests(BrokerModeFixture):
             consumeErrors=True,
         )
         self.assertTrue(all(ok for ok, _ in results), results)
-        self.publisher.connection_closed("c1")
+        CONNECTIONS.close("c1")
         await self.publish(sender("dev-2", connection="c2"))
-        self.publisher.connection_closed("c2")
+        CONNECTIONS.close("c2")
         await self.wait_disconnects("dev-2", 1)
         self.assertEqual(self.connects("dev-2"), 1)
         self.assertNotIn("already connected", self.broker.log())

@@ -16,34 +16,38 @@ from zope.interface.verify import verifyObject
 
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
-from gateway.metrics import GatewayMetrics, MeasuredPublisher, api_of, compose
+from gateway.metrics import GatewayMetrics, MeasuredPublisher, api_label, compose
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.web.messages import API, AccessRecord
 from tests.fakes import PublisherFake
 
 P = "mqtt_http_gateway_"
 
 
 def record(
-    path: str = "/topics/home", status: int = 200, **more: object
-) -> dict[str, object]:
-    """An access-log record as the HTTP server makes it."""
-    return {
-        "time": "2024-05-01T12:00:00.000Z",
-        "peer": "127.0.0.1:5000",
-        "method": "POST",
-        "path": path,
-        "http_version": "1.1",
-        "status": status,
-        "bytes": 0,
-        "duration_ms": 1.5,
-        "client_id": "c",
-        "user": None,
-        "message_id": None,
-        **more,
-    }
+    api: API = API.TOPICS,
+    status: int = 200,
+    http_version: str = "1.1",
+    duration_ms: float = 1.5,
+) -> AccessRecord:
+    """An access record as the HTTP server makes it."""
+    return AccessRecord(
+        time="2024-05-01T12:00:00.000Z",
+        peer="127.0.0.1:5000",
+        method="POST",
+        path="/topics/home",
+        http_version=http_version,
+        status=status,
+        bytes=0,
+        duration_ms=duration_ms,
+        client_id="c",
+        user=None,
+        message_id=None,
+        api=api,
+    )
 
 
 def samples(
@@ -69,15 +73,11 @@ class FakePublisher(PublisherFake):
         super().__init__()
         self.connected = False
         self.results: list[Deferred[PublishResult]] = []
-        self.closed: list[str] = []
 
     def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
         d: Deferred[PublishResult] = Deferred()
         self.results.append(d)
         return d
-
-    def connection_closed(self, connection_id: str) -> None:
-        self.closed.append(connection_id)
 
 
 class FakeSession:
@@ -97,25 +97,26 @@ class ComposeTests(SynchronousTestCase):
         left out, and with none the server is told to build no records."""
         seen: list[tuple[str, object]] = []
 
-        def first(r: dict[str, object]) -> None:
-            seen.append(("first", r["status"]))
+        def first(r: AccessRecord) -> None:
+            seen.append(("first", r.status))
 
-        def second(r: dict[str, object]) -> None:
-            seen.append(("second", r["status"]))
+        def second(r: AccessRecord) -> None:
+            seen.append(("second", r.status))
 
         self.assertIsNone(compose(None, None))
         self.assertIs(compose(None, first), first)
         both = compose(first, None, second)
         assert both is not None
-        both({"status": 200})
+        both(record(status=200))
         self.assertEqual(seen, [("first", 200), ("second", 200)])
 
-    def test_api_of(self) -> None:
-        """The api label comes from the path alone, from a small fixed set."""
-        self.assertEqual(api_of("/topics/a/b"), "topics")
-        self.assertEqual(api_of("/"), "aliyun")
-        for path in ("/topics", "/metrics", "", "/x/topics/", None):
-            self.assertEqual(api_of(path), "other")
+    def test_api_label(self) -> None:
+        """The api label comes from the API that answered, from a small fixed
+        set."""
+        self.assertEqual(api_label(API.TOPICS), "topics")
+        self.assertEqual(api_label(API.ALIYUN), "aliyun")
+        for api in (API.EMQX, API.ADMIN, API.NONE):
+            self.assertEqual(api_label(api), "other")
 
 
 class ResponseMetricsTests(SynchronousTestCase):
@@ -128,8 +129,8 @@ class ResponseMetricsTests(SynchronousTestCase):
             record(),
             record(),
             record(http_version="1.0"),
-            record(path="/", status=400),
-            record(path="/nowhere", status=400),
+            record(API.ALIYUN, status=400),
+            record(API.NONE, status=400),
         ):
             self.metrics.observe_response(r)
         self.assertEqual(
@@ -177,7 +178,7 @@ class ResponseMetricsTests(SynchronousTestCase):
         """429, 401 and 403 responses are counted on their own as well."""
         for status in (429, 429, 401, 403, 200):
             self.metrics.observe_response(record(status=status))
-        self.metrics.observe_response(record(path="/", status=401))
+        self.metrics.observe_response(record(API.ALIYUN, status=401))
         self.assertEqual(value(self.metrics, "rate_limited_total", api="topics"), 2)
         self.assertEqual(value(self.metrics, "auth_failures_total", api="topics"), 1)
         self.assertEqual(value(self.metrics, "auth_failures_total", api="aliyun"), 1)
@@ -265,8 +266,6 @@ class PublishMetricsTests(SynchronousTestCase):
         verifyObject(IPublisher, self.publisher)
         self.inner.connected = True
         self.assertTrue(self.publisher.connected)
-        self.publisher.connection_closed("abc")
-        self.assertEqual(self.inner.closed, ["abc"])
 
     def test_latency(self) -> None:
         """The time from hand-over to the broker's ack is observed; the result

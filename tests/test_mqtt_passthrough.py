@@ -19,7 +19,11 @@ from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.mqtt import codec
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
+from tests.fakes import Connections
 from tests.test_mqtt_session import FakeBroker, FakeEndpoint
+
+#: The connections of the current test (see L{Connections}).
+CONNECTIONS = Connections()
 
 
 def sender(
@@ -36,11 +40,13 @@ def sender(
         password=password,
         connection_id=connection,
         keep_alive=bool(connection),
+        connection=CONNECTIONS.named(connection) if connection else None,
     )
 
 
 class PassthroughTestCase(SynchronousTestCase):
     def setUp(self) -> None:
+        self.addCleanup(CONNECTIONS.forget)
         self.clock = Clock()
         self.endpoints = [FakeEndpoint(), FakeEndpoint()]
         self.requests: list[Deferred[PublishResult]] = []
@@ -227,33 +233,33 @@ class SessionPerSenderTests(PassthroughTestCase):
         broker.send(codec.PubAck(publish.packet_id or 0))
         self.successResultOf(second)
         self.assertEqual(self.attempts(), 1)
-        publisher.connection_closed("c1")
+        CONNECTIONS.close("c1")
         self.assertClosed(broker)
         self.assertEqual(publisher.session_count, 0)
 
     def test_connections_share_session(self) -> None:
         """Two connections with the same client id share one session; it closes
         only after both have closed."""
-        publisher = self.start()
+        self.start()
         self.publish(sender(connection="c1"))
         broker = self.connected()
         self.publish(sender(connection="c2"))
         self.assertEqual(len(broker.received()), 2)
         broker.send(codec.PubAck(1), codec.PubAck(2))
         self.assertEqual(self.attempts(), 1)
-        publisher.connection_closed("c1")
+        CONNECTIONS.close("c1")
         self.assertEqual(broker.received(), [])
-        publisher.connection_closed("c2")
+        CONNECTIONS.close("c2")
         self.assertClosed(broker)
 
     def test_closed_while_pending(self) -> None:
         """A connection that closes while its request waits: the session closes
         once the broker answered."""
-        publisher = self.start()
+        self.start()
         d = self.publish(sender(connection="c1"))
         broker = self.connected()
         broker.received()
-        publisher.connection_closed("c1")
+        CONNECTIONS.close("c1")
         self.assertFalse(broker.transport.disconnecting)
         broker.send(codec.PubAck(1))
         self.successResultOf(d)
@@ -261,7 +267,7 @@ class SessionPerSenderTests(PassthroughTestCase):
 
     def test_unknown_connection_closed(self) -> None:
         """Closing a connection that holds nothing does nothing."""
-        self.start().connection_closed("nope")
+        CONNECTIONS.close("nope")
 
     def test_other_credentials_forbidden(self) -> None:
         """A client id whose session was made with other credentials is 403, and
@@ -315,7 +321,7 @@ class SessionPerSenderTests(PassthroughTestCase):
         self.assertClosed(broker)
         self.assertEqual(publisher.session_count, 0)
         # The connection no longer holds it: closing it later is harmless.
-        publisher.connection_closed("c1")
+        CONNECTIONS.close("c1")
 
     def test_publish_timeout(self) -> None:
         """No PUBACK within publish_timeout: 503, and the session closes."""

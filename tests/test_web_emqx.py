@@ -20,7 +20,7 @@ from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_c
 from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
 from gateway.web.emqx import EMQXAPI, parse_batch, parse_message
-from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.messages import API, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI
 from tests.fakes import PublisherFake
@@ -294,6 +294,7 @@ class EMQXAPITests(SynchronousTestCase):
         self.assertEqual(
             (response.log.client_id, response.log.user), ("http-c0ffee", "user0")
         )
+        self.assertEqual(response.log.api, API.EMQX)
         [(identity, message)] = self.publisher.calls
         self.assertEqual(
             (identity.client_id, identity.username), ("http-c0ffee", "user0")

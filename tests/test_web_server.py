@@ -51,11 +51,14 @@ class Handler:
         self.requests: list[HTTPRequest] = []
         self.errors: list[tuple[HTTPRequest, GatewayError]] = []
         self.closed: list[str] = []
-
-    def connection_closed(self, connection_id: str) -> None:
-        self.closed.append(connection_id)
+        self.heard: set[str] = set()
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
+        connection = request.connection
+        if connection is not None and connection.id not in self.heard:
+            # Like broker mode: hear the connection's closing through its handle.
+            self.heard.add(connection.id)
+            connection.when_closed(lambda: self.closed.append(connection.id))
         self.requests.append(request)
         return self.answer(request)
 
@@ -95,7 +98,10 @@ class Connection:
         self.clock = Clock()
         self.log: list[dict[str, object]] = []
         self.factory = HTTPServerFactory(
-            self.handler, clock=self.clock, access_log=self.log.append, **options
+            self.handler,
+            clock=self.clock,
+            access_log=lambda record: self.log.append(record.as_dict()),
+            **options,
         )
         self.protocol = self.factory.buildProtocol(None)
         if transport is None:
@@ -1035,7 +1041,8 @@ class ConnectionLimitTests(SynchronousTestCase):
         fourth = self.connect(c.factory)
         fourth.protocol.dataReceived(post())
         self.assertEqual(statuses(fourth.value()), [200])
-        self.assertEqual(c.handler.closed, [second.protocol.connection_id])  # type: ignore[attr-defined]
+        served = [cast(HTTPServerProtocol, x.protocol) for x in (second, c)]
+        self.assertEqual([p.connection.closed for p in served], [True, False])
 
     def test_per_source(self) -> None:
         """Beyond max_connections_per_source from one address a new connection
@@ -1343,7 +1350,7 @@ class AccessLogTests(SynchronousTestCase):
     def test_access_log_failure_contained(self) -> None:
         c = Connection()
 
-        def broken(entry: dict[str, object]) -> None:
+        def broken(entry: object) -> None:
             raise OSError("disk full")
 
         c.factory.access_log = broken

@@ -17,7 +17,7 @@ from gateway.auth.identify import Authenticator
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.model import Identity, Message, PublishResult
-from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.messages import API, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI, parse_publish, parse_topic
 from tests.fakes import PublisherFake
@@ -341,6 +341,7 @@ class TopicsAPITests(SynchronousTestCase):
         )
         self.assertEqual(response.log.message_id, "0123456789ABCDEF0123456789ABCDEF")
         self.assertEqual(response.log.client_id, "curl-x")
+        self.assertEqual(response.log.api, API.TOPICS)
         [(identity, message)] = core.calls
         self.assertEqual(identity.client_id, "curl-x")
         self.assertEqual(identity.peer, "127.0.0.1:5000")
@@ -364,7 +365,9 @@ class TopicsAPITests(SynchronousTestCase):
     def test_unknown_path(self) -> None:
         """Any other path is 400 InvalidPath."""
         for path in (b"/", b"/topics", b"/foo/topics/x", b"/metrics"):
-            self.assertError(self.answer(request(path)), 400, "InvalidPath")
+            response = self.answer(request(path))
+            self.assertError(response, 400, "InvalidPath")
+            self.assertEqual(response.log.api, API.NONE)
 
     def test_invalid_request_publishes_nothing(self) -> None:
         """A 400 for a parameter never reaches the core."""

@@ -14,7 +14,7 @@ import attrs
 
 from gateway.errors import Code, GatewayError
 from gateway.limits import KeyedBuckets, retry_after
-from gateway.model import Identity, Proof
+from gateway.model import Connection, Identity, Proof
 from gateway.mqtt.strings import string_problem
 
 
@@ -37,6 +37,7 @@ class Claim:
     @ivar connection_id: the HTTP connection's id (default client ids).
     @ivar peer: the source address, C{host:port}.
     @ivar keep_alive: whether the HTTP connection stays open after this request.
+    @ivar connection: the HTTP connection's handle, or C{None}.
     """
 
     basic: tuple[str, bytes] | None = attrs.field(default=None, repr=False)
@@ -46,6 +47,7 @@ class Claim:
     connection_id: str = ""
     peer: str = ""
     keep_alive: bool = False
+    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
 
     def identity(self, **fields: Any) -> Identity:
         """An identity for this claim's sender: C{fields}, and the claim's client
@@ -55,6 +57,7 @@ class Claim:
             peer=self.peer,
             connection_id=self.connection_id,
             keep_alive=self.keep_alive,
+            connection=self.connection,
             **fields,
         )
 

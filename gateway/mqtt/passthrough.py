@@ -29,7 +29,7 @@ from zope.interface import implementer
 from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError, broker_unavailable
 from gateway.interfaces import IPublisher
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Connection, Identity, Message, PublishResult
 from gateway.mqtt.outcomes import Outcome, PublishFailed
 from gateway.mqtt.publisher import as_gateway_error
 from gateway.mqtt.session import Broker, BrokerSession, OneShotSession, SessionSettings
@@ -74,7 +74,8 @@ class PassthroughPublisher(Service):
     decides.
 
     A session closes when no HTTP keep-alive connection holds it
-    (L{connection_closed}) and no request on it waits, or after C{idle_timeout}
+    (heard through the L{Connection} handle of its requests) and no request on
+    it waits, or after C{idle_timeout}
     seconds without a publish, whatever holds it.
 
     @ivar connected: for C{/readyz}: C{False} while the most recent connection
@@ -160,16 +161,31 @@ class PassthroughPublisher(Service):
             return fail(
                 GatewayError(Code.Forbidden, "client id in use by another user")
             )
-        if identity.keep_alive and identity.connection_id:
-            sender.connections.add(identity.connection_id)
-            self._by_connection.setdefault(identity.connection_id, set()).add(sender)
+        connection = identity.connection
+        if identity.keep_alive and connection is not None:
+            self._hold(sender, connection)
         sender.pending += 1
         self._touch(sender)
         d = sender.session.publish(message).addErrback(as_gateway_error)
         d.addBoth(self._answered, sender)
         return d
 
-    def connection_closed(self, connection_id: str) -> None:
+    def _hold(self, sender: _Sender, connection: Connection) -> None:
+        """
+        Let C{connection} hold C{sender}'s session until it closes (heard once
+        per connection, through its handle).
+        """
+        key = connection.id
+        if key in sender.connections:
+            return
+        sender.connections.add(key)
+        held = self._by_connection.get(key)
+        if held is None:
+            held = self._by_connection[key] = set()
+            connection.when_closed(lambda: self._connection_closed(key))
+        held.add(sender)
+
+    def _connection_closed(self, connection_id: str) -> None:
         """
         The HTTP connection C{connection_id} ended: sessions it held close once
         nothing else holds them and no request on them waits.

@@ -70,6 +70,3 @@ class SharedPublisher:
         return self.session.publish(message, sender_properties(identity)).addErrback(
             as_gateway_error
         )
-
-    def connection_closed(self, connection_id: str) -> None:
-        """Nothing is tied to HTTP connections here."""

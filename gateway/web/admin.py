@@ -22,7 +22,7 @@ from typing import Protocol
 
 from gateway import openapi
 from gateway.errors import GatewayError
-from gateway.web.messages import HTTPRequest, HTTPResponse
+from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 
 __all__ = ["AdminRouter"]
 
@@ -39,6 +39,9 @@ class Readiness(Protocol):
         """Whether a broker session is up."""
 
 
+_LOG = AccessLogFields(api=API.ADMIN)
+
+
 class MetricsSource(Protocol):
     """What C{/metrics} shows: a L{gateway.metrics.GatewayMetrics}."""
 
@@ -51,6 +54,7 @@ def _text(status: int, text: str, *headers: tuple[str, str]) -> HTTPResponse:
         status=status,
         headers=(*_TEXT, _NO_STORE, *headers),
         body=text.encode("utf-8") + b"\n",
+        log=_LOG,
     )
 
 
@@ -89,9 +93,6 @@ class AdminRouter:
         """A plain-text response with the error's status and message."""
         return _text(error.status, error.message)
 
-    def connection_closed(self, connection_id: str) -> None:
-        """Nothing is tied to admin connections."""
-
     def _health(self, request: HTTPRequest) -> HTTPResponse:
         return _text(200, "ok")
 
@@ -105,6 +106,7 @@ class AdminRouter:
             status=200,
             headers=(("Content-Type", "application/json"),),
             body=openapi.as_json(),
+            log=_LOG,
         )
 
     def _metrics(self, request: HTTPRequest) -> HTTPResponse:
@@ -117,4 +119,5 @@ class AdminRouter:
             status=200,
             headers=(("Content-Type", content_type), _NO_STORE),
             body=body,
+            log=_LOG,
         )

@@ -42,7 +42,7 @@ from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
 from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, topic_problem
-from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 
 #: The path the API is served on.
 ALIYUN_PATH = b"/"
@@ -54,6 +54,8 @@ RETAIN = False
 _METHODS = ("GET", "POST")
 _JSON = "application/json;charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
+
+_LOG = AccessLogFields(api=API.ALIYUN)
 
 
 class AliyunError(GatewayError):
@@ -358,14 +360,16 @@ class AliyunAPI:
                     code=Code.MethodNotAllowed,
                     headers=(("Allow", ", ".join(_METHODS)),),
                 ),
-                AccessLogFields(),
+                _LOG,
             )
-        log = AccessLogFields()
+        log = _LOG
         try:
             signed = signed_request(request)
             check_action(signed)
             access_key_id = self.authenticate(signed, request.peer)
-            log = AccessLogFields(client_id=access_key_id, user=access_key_id)
+            log = AccessLogFields(
+                api=API.ALIYUN, client_id=access_key_id, user=access_key_id
+            )
             asked = parse_send_message(
                 {**signed.query, **signed.form},
                 self.config.payload_encoding,
@@ -388,6 +392,7 @@ class AliyunAPI:
             password=self.config.access_keys[access_key_id].encode("utf-8"),
             connection_id=request.connection_id,
             keep_alive=request.keep_alive,
+            connection=request.connection,
         )
         message = Message(
             topic=asked.topic, payload=asked.payload, qos=QOS, retain=RETAIN
@@ -395,7 +400,12 @@ class AliyunAPI:
 
         def done(result: PublishResult) -> HTTPResponse:
             body = {"MsgId": result.message_id, "RequestId": new_request_id()}
-            return _json(200, body, [], attrs.evolve(log, message_id=result.message_id))
+            return _json(
+                200,
+                body,
+                [],
+                AccessLogFields(API.ALIYUN, log.client_id, log.user, result.message_id),
+            )
 
         def failed(failure: Any) -> HTTPResponse:
             failure.trap(GatewayError)
@@ -424,7 +434,7 @@ class AliyunAPI:
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error the HTTP server found before this adapter ran."""
-        return error_response(error, AccessLogFields())
+        return error_response(error, _LOG)
 
 
 def max_target_bytes(max_payload: int) -> int:

@@ -6,6 +6,9 @@ credentials or a client certificate (API 1 and the EMQX-compatible API).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from gateway.auth.certs import peer_common_name
 from gateway.auth.identify import Claim, parse_basic
 from gateway.web.messages import HTTPRequest
@@ -24,10 +27,18 @@ def request_claim(
     certificate = request.peer_certificate
     return Claim(
         basic=parse_basic(request.header(b"authorization")),
-        certificate_cn=None if certificate is None else peer_common_name(certificate),
+        certificate_cn=None if certificate is None else _common_name(certificate),
         client_id=client_id,
         username=username,
         connection_id=request.connection_id,
         peer=request.peer,
         keep_alive=request.keep_alive,
+        connection=request.connection,
     )
+
+
+# A keep-alive TLS connection presents the same certificate object with every
+# request: its CN is read from the subject once, not per request.
+@functools.lru_cache(maxsize=1024)
+def _common_name(certificate: Any) -> str | None:
+    return peer_common_name(certificate)

@@ -41,7 +41,7 @@ from gateway.errors import Code, GatewayError
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.claims import request_claim
-from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 
 #: The paths of the two operations.
 PUBLISH_PATH = b"/api/v5/publish"
@@ -52,7 +52,7 @@ PATHS = (PUBLISH_PATH, BULK_PATH)
 NO_MATCHING_SUBSCRIBERS = 0x10
 MAX_U32 = 4294967295
 _JSON = (("Content-Type", "application/json"),)
-_NO_LOG = AccessLogFields()
+_NO_LOG = AccessLogFields(api=API.EMQX)
 
 # The request's fields and the properties' fields; "encoding" is EMQX's alias of
 # payload_encoding, "clientid" a field EMQX accepts and ignores since 5.0.14.
@@ -457,7 +457,9 @@ class EMQXAPI:
             )
         except GatewayError as e:
             return render_error(e, credentials_sent=sent)
-        log = AccessLogFields(client_id=identity.client_id, user=identity.username)
+        log = AccessLogFields(
+            api=API.EMQX, client_id=identity.client_id, user=identity.username
+        )
         if not bulk:
             return self._publish(identity, messages[0]).addCallback(self._single, log)
         published = [self._publish(identity, message) for message in messages]

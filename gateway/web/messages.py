@@ -8,9 +8,25 @@ parses the bytes and of the transport (plain TCP or TLS) under it.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import attrs
+
+from gateway.model import Connection
+
+
+class API(enum.Enum):
+    """
+    Which API answered a request: the adapter that answered says so, nothing
+    works it out from the path again.
+    """
+
+    TOPICS = "topics"
+    ALIYUN = "aliyun"
+    EMQX = "emqx"
+    ADMIN = "admin"
+    NONE = "none"
 
 
 @attrs.frozen
@@ -30,6 +46,8 @@ class HTTPRequest:
     @ivar peer_certificate: the verified client certificate (a
         C{cryptography.x509.Certificate}) on TLS connections that presented one.
     @ivar keep_alive: whether the connection stays open after the response.
+    @ivar connection: the handle of the connection (closing heard through it),
+        or C{None}.
     """
 
     method: str
@@ -42,6 +60,7 @@ class HTTPRequest:
     peer: str = ""
     peer_certificate: Any = None
     keep_alive: bool = True
+    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
 
     def header(self, name: bytes) -> bytes | None:
         """
@@ -56,9 +75,11 @@ class HTTPRequest:
 @attrs.frozen
 class AccessLogFields:
     """
-    What an adapter adds to the access log line of its request.
+    What an adapter adds to the access log line of its request: which API it is
+    and whom the request was for.
     """
 
+    api: API = API.NONE
     client_id: str | None = None
     user: str | None = None
     message_id: str | None = None
@@ -76,3 +97,40 @@ class HTTPResponse:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     log: AccessLogFields = AccessLogFields()
+
+
+@attrs.frozen
+class AccessRecord:
+    """
+    What the server records of one response written: the keys of the access
+    log (L{as_dict}) and the API that answered.
+    """
+
+    time: str
+    peer: str
+    method: str
+    path: str
+    http_version: str
+    status: int
+    bytes: int
+    duration_ms: float
+    client_id: str | None
+    user: str | None
+    message_id: str | None
+    api: API = API.NONE
+
+    def as_dict(self) -> dict[str, object]:
+        """The access log's JSON object (the API is not one of its keys)."""
+        return {
+            "time": self.time,
+            "peer": self.peer,
+            "method": self.method,
+            "path": self.path,
+            "http_version": self.http_version,
+            "status": self.status,
+            "bytes": self.bytes,
+            "duration_ms": self.duration_ms,
+            "client_id": self.client_id,
+            "user": self.user,
+            "message_id": self.message_id,
+        }

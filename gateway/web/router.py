@@ -58,7 +58,3 @@ class Router:
         if self.aliyun is not None and request.path == ALIYUN_PATH:
             return self.aliyun.render_error(request, error)
         return error_response(error, AccessLogFields())
-
-    def connection_closed(self, connection_id: str) -> None:
-        """Tell the publisher (broker mode ties sessions to connections)."""
-        self.publisher.connection_closed(connection_id)

@@ -23,12 +23,14 @@ from gateway.errors import Code, GatewayError
 from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.claims import request_claim
-from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
+from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.numbers import bounded_integer
 
 TOPICS_PREFIX = b"/topics/"
 MAX_U32 = 4294967295
 _JSON = (("Content-Type", "application/json"),)
+
+_LOG = AccessLogFields(api=API.TOPICS)
 
 
 @attrs.frozen
@@ -272,21 +274,25 @@ class TopicsAPI:
                     f"{request.method} is not allowed here; use POST",
                     headers=(("Allow", "POST"),),
                 ),
-                AccessLogFields(),
+                _LOG,
             )
         try:
             asked = parse_publish(request)
             claim = claim_of(request, asked)
             identity = self.core.identify(claim)
         except GatewayError as e:
-            return error_response(e, AccessLogFields())
-        log = AccessLogFields(client_id=identity.client_id, user=identity.username)
+            return error_response(e, _LOG)
+        log = AccessLogFields(
+            api=API.TOPICS, client_id=identity.client_id, user=identity.username
+        )
 
         def done(result: PublishResult) -> HTTPResponse:
             return HTTPResponse(
                 status=200,
                 headers=(("X-Message-Id", result.message_id),),
-                log=attrs.evolve(log, message_id=result.message_id),
+                log=AccessLogFields(
+                    API.TOPICS, identity.client_id, identity.username, result.message_id
+                ),
             )
 
         def failed(failure: Any) -> HTTPResponse:
@@ -297,7 +303,7 @@ class TopicsAPI:
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error the HTTP server found before this adapter ran."""
-        return error_response(error, AccessLogFields())
+        return error_response(error, _LOG)
 
 
 def claim_of(request: HTTPRequest, asked: PublishRequest) -> Claim:
