@@ -504,5 +504,9 @@ def makeService(options: Options) -> IService:
     )
     ReloadOnSIGHUP(reloader.reload, reactor).setServiceParent(root)
     # Last: READY=1 once everything above has started.
-    SystemdNotifier(publisher, clock=reactor).setServiceParent(root)
+    SystemdNotifier(
+        publisher,
+        brokers=[address.uri for address in config.mqtt.brokers],
+        clock=reactor,
+    ).setServiceParent(root)
     return root
