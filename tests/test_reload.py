@@ -149,7 +149,8 @@ class ReloaderTests(SynchronousTestCase):
         self.tls = ReloadableServerTLS(self.tls_options)
         self.limits: list[LimitsConfig] = []
         self.access_log = AccessLog(self.config.log.access, Clock())
-        self.addCleanup(self.access_log.close)
+        self.access_log.startService()
+        self.addCleanup(self.access_log.stopService)
         self.reloader = self.make_reloader(lambda: load(self.files.config))
 
     def make_reloader(self, load_config: Callable[[], Config] | None) -> Reloader:
