@@ -45,6 +45,7 @@ from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
 from gateway.shutdown import DrainHTTP, StopInOrder
 from gateway.signals import ExitCleanlyOnSIGTERM
 from gateway.startup import StartupError
+from gateway.swappable import daemon_parts
 from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
@@ -245,11 +246,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     reloader = Reloader(
         config,
         command_line_loader(options),
-        authenticator=authenticator,
-        gateway=core,
-        tls=tls,
-        apply_limits=lambda limits: setattr(core, "limiter", RateLimiter(limits)),
-        access_log=access_log,
+        daemon_parts(
+            config,
+            authenticator=authenticator,
+            core=core,
+            tls=tls,
+            apply_limits=lambda limits: setattr(core, "limiter", RateLimiter(limits)),
+            access_log=access_log,
+        ),
     )
     ReloadOnSIGHUP(reloader.reload, reactor).setServiceParent(root)
     # Last: READY=1 once everything above has started.

@@ -45,6 +45,7 @@ from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
 from gateway.config import Config, LimitsConfig, load
 from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
+from gateway.swappable import daemon_parts
 from tests.brokers import Mosquitto, free_port
 from tests.certs import PKI, make_pki
 from tests.gateway import curl
@@ -157,11 +158,14 @@ class ReloaderTests(SynchronousTestCase):
         return Reloader(
             self.config,
             load_config,
-            authenticator=self.authenticator,
-            gateway=self.core,
-            tls=self.tls,
-            apply_limits=self.limits.append,
-            access_log=self.access_log,
+            daemon_parts(
+                self.config,
+                authenticator=self.authenticator,
+                core=self.core,
+                tls=self.tls,
+                apply_limits=self.limits.append,
+                access_log=self.access_log,
+            ),
         )
 
     def verify(self, user: str, password: str) -> bool:
