@@ -192,6 +192,22 @@ class SystemdNotifierTests(SynchronousTestCase):
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_no_polling(self) -> None:
+        """Status lines come from the publisher's observers: once the first
+        second is over nothing is scheduled, and a change is sent at once;
+        once stopped, changes are no longer heard."""
+        service = self.service()
+        service.startService()
+        self.clock.advance(1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.publisher.set_connected(True)
+        self.assertEqual(self.notify.receive()[-1:], ["STATUS=Ready"])
+        service.stopService()
+        self.publisher.set_connected(False)
+        self.assertEqual(
+            self.notify.receive()[-1:], ["STOPPING=1\nSTATUS=Shutting down"]
+        )
+
     def test_watchdog(self) -> None:
         """With WATCHDOG_USEC set, WATCHDOG=1 every third of it from the reactor."""
         service = self.service(WATCHDOG_USEC="3000000", WATCHDOG_PID=str(os.getpid()))
