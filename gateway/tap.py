@@ -2,10 +2,13 @@
 """
 The twistd command line (L{Options}) and the service tree (L{makeService}).
 
-L{Options.postOptions} reads and checks everything that can be wrong in the
-configuration, so that a mistake stops start-up with one line naming the key or
-file; L{makeService} only assembles services, which start their work in
-C{startService}.
+L{Options.postOptions} reads and checks the configuration and the files it
+names (passwords, ACL, TLS and broker certificates), so that a mistake stops
+start-up with one line naming the key or file. L{makeService} only assembles
+the tree for the reactor it is given: it parses each listening endpoint once
+(a bad one stops start-up the same way) and builds services that start their
+work in C{startService} and undo it in C{stopService}. The pieces live in
+L{gateway.listeners} and L{gateway.publishing}.
 """
 
 from __future__ import annotations
