@@ -362,6 +362,7 @@ class GatewayMetrics(Service):
         yield CounterMetricFamily(
             PREFIX + "broker_reconnects",
             "Times the broker connection came back after being down.",
+            # The session counts its own; other publishers only tell changes.
             value=max(self._reconnects, status.reconnects),
         )
         if status.sessions is None:

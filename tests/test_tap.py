@@ -213,6 +213,17 @@ class CommandLineTests(TestCase):
         self.assertIn(b"mqtt.keepalive", err)
         self.assertNotIn(b"Traceback", out + err)
 
+    async def test_bad_endpoint(self) -> None:
+        """A listening endpoint that does not parse (found while the service
+        tree is assembled) stops start-up the same way."""
+        out, err, code = await twistd(
+            "--config", write('[http]\nlisten = ["tcpp:80"]\n')
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn(b"http.listen: bad endpoint 'tcpp:80'", err)
+        self.assertNotIn(b"Traceback", out + err)
+
     async def test_port_in_use(self) -> None:
         """A listening port that cannot be bound: exit status 1, one line."""
         with socket.socket() as busy:
