@@ -27,9 +27,9 @@ from gateway.config import Config, LimitsConfig, TLSConfig
 
 __all__ = [
     "AccessLogPart",
-    "AllowAnonymousPart",
     "FilePart",
     "LimitsPart",
+    "SettingPart",
     "Swappable",
     "TLSPart",
     "daemon_parts",
@@ -101,54 +101,83 @@ class FilePart:
         return self.describe(path, loaded)
 
 
-def passwords_part(authenticator: Any, running: Config) -> FilePart:
-    """The password file, swapped into C{authenticator.passwords}."""
-    return FilePart(
-        "passwords",
+# The files a reload reads again: part -> what, attribute of the holder, the
+# path in a configuration, the loader, the line for a new file and for none.
+_FILES: dict[str, tuple[str, str, Callable[[Config], str | None], Any, Any, str]] = {
+    "passwords": (
         "the password file",
-        holder=authenticator,
-        attribute="passwords",
-        path_of=lambda config: config.auth.password_file,
-        load=PasswordFile.load,
-        describe=lambda path, passwords: (
-            f"password file {path} ({len(passwords)} users)"
-        ),
-        gone="no password file any more (auth.password_file is empty)",
-        path=running.auth.password_file,
-    )
-
-
-def acl_part(core: Any, running: Config) -> FilePart:
-    """The ACL, swapped into C{core.acl}."""
-    return FilePart(
-        "acl",
+        "passwords",
+        lambda config: config.auth.password_file,
+        PasswordFile.load,
+        lambda path, passwords: f"password file {path} ({len(passwords)} users)",
+        "no password file any more (auth.password_file is empty)",
+    ),
+    "acl": (
         "the ACL",
-        holder=core,
-        attribute="acl",
-        path_of=lambda config: config.auth.acl_file,
-        load=ACL.load,
-        describe=lambda path, _: f"ACL {path}",
-        gone="no ACL any more (auth.acl_file is empty): any topic allowed",
-        path=running.auth.acl_file,
+        "acl",
+        lambda config: config.auth.acl_file,
+        ACL.load,
+        lambda path, _: f"ACL {path}",
+        "no ACL any more (auth.acl_file is empty): any topic allowed",
+    ),
+}
+
+
+def file_part(part: str, holder: Any, running: Config) -> FilePart:
+    """
+    The file C{part} (C{"passwords"}: into C{authenticator.passwords};
+    C{"acl"}: into C{core.acl}), in force as C{running} names it.
+    """
+    what, attribute, path_of, load, describe, gone = _FILES[part]
+    return FilePart(
+        part,
+        what,
+        holder=holder,
+        attribute=attribute,
+        path_of=path_of,
+        load=load,
+        describe=describe,
+        gone=gone,
+        path=path_of(running),
     )
 
 
 @attrs.define
-class AllowAnonymousPart:
-    """C{[auth] allow_anonymous}, in the authenticator."""
+class SettingPart:
+    """
+    A setting copied into an attribute of its holder when it changed.
 
-    _authenticator: Any
-    part: str = "allow_anonymous"
-    what: str = "auth.allow_anonymous"
+    @ivar value_of: the setting's value in a configuration.
+    @ivar describe: the line for a new value.
+    """
+
+    part: str
+    what: str
+    holder: Any
+    attribute: str
+    value_of: Callable[[Config], object]
+    describe: Callable[[object], str]
     reads: Reads = "settings"
 
     def swap(self, config: Config) -> str | None:
-        """Set the authenticator's C{allow_anonymous}."""
-        allow = config.auth.allow_anonymous
-        if allow == self._authenticator.allow_anonymous:
+        """Set the holder's attribute to the configured value."""
+        value = self.value_of(config)
+        if value == getattr(self.holder, self.attribute):
             return None
-        self._authenticator.allow_anonymous = allow
-        return f"auth.allow_anonymous = {str(allow).lower()}"
+        setattr(self.holder, self.attribute, value)
+        return self.describe(value)
+
+
+def allow_anonymous_part(authenticator: Any) -> SettingPart:
+    """C{[auth] allow_anonymous}, in C{authenticator.allow_anonymous}."""
+    return SettingPart(
+        "allow_anonymous",
+        "auth.allow_anonymous",
+        holder=authenticator,
+        attribute="allow_anonymous",
+        value_of=lambda config: config.auth.allow_anonymous,
+        describe=lambda allow: f"auth.allow_anonymous = {str(allow).lower()}",
+    )
 
 
 class TLSHolder(Protocol):
@@ -289,13 +318,13 @@ def daemon_parts(
     if access_log is not None:
         parts.append(AccessLogPart(access_log))
     if authenticator is not None:
-        parts.append(passwords_part(authenticator, running))
+        parts.append(file_part("passwords", authenticator, running))
     if core is not None:
-        parts.append(acl_part(core, running))
+        parts.append(file_part("acl", core, running))
     if tls is not None:
         parts.append(TLSPart(tls, running))
     if authenticator is not None:
-        parts.append(AllowAnonymousPart(authenticator))
+        parts.append(allow_anonymous_part(authenticator))
     if apply_limits is not None:
         parts.append(LimitsPart(apply_limits, running))
     return parts
