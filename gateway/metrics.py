@@ -13,8 +13,9 @@ learns about traffic from what it is handed:
   - L{MeasuredPublisher}: an L{IPublisher} decorator timing each publish from
     the hand-over to the broker's acknowledgement (or the failure);
 
-and reads the state of what it watches when it is scraped: the broker session
-(L{GatewayMetrics.watch_publisher}), the HTTP server factories
+and reads the state of what it watches when it is scraped: the publisher's
+L{PublisherStatus} (L{GatewayMetrics.watch_publisher}; reconnections are heard
+from its observers while the service runs), the HTTP server factories
 (L{GatewayMetrics.watch_connections}) and the TLS settings
 (L{GatewayMetrics.watch_tls}).
 
@@ -40,7 +41,6 @@ from prometheus_client.metrics_core import (
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -48,8 +48,6 @@ from gateway import __version__
 from gateway.clock import default_clock
 from gateway.interfaces import IPublisher
 from gateway.model import Identity, Message, PublishResult
-from gateway.mqtt.passthrough import PassthroughPublisher
-from gateway.mqtt.publisher import SharedPublisher
 from gateway.status import PublisherStatus, StatusObserver
 from gateway.web.messages import API, AccessRecord
 
@@ -163,8 +161,8 @@ class GatewayMetrics(Service):
     """
     The gateway's metrics and the registry they are exposed from.
 
-    As a service it checks the broker connection once per C{poll_interval}
-    seconds, to count reconnections (see L{watch_publisher}).
+    As a service it observes the watched publisher, to count reconnections
+    (see L{watch_publisher}).
 
     @ivar registry: the registry to expose (L{render} does).
     """
@@ -173,30 +171,26 @@ class GatewayMetrics(Service):
         self,
         clock: IReactorTime | None = None,
         *,
-        poll_interval: float = 1.0,
         process_metrics: bool = True,
     ) -> None:
         """
-        @param clock: schedules the connection checks; the global reactor if
-            C{None}.
-        @param poll_interval: seconds between checks of the broker connection.
+        @param clock: the time source; the global reactor if C{None}.
         @param process_metrics: whether to include prometheus-client's
             C{process_*} series (CPU, memory, open files of this process).
         """
         clock = default_clock(clock)
         self._clock = clock
-        self.poll_interval = poll_interval
         self.registry = CollectorRegistry(auto_describe=False)
         self._requests: dict[tuple[str, str, str], int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._publishes: dict[str, _Histogram] = {}
-        self._publisher: object = None
+        self._publisher: IPublisher | None = None
         self._factories: list[OpenConnections] = []
         self._tls: list[RefusedCertificates] = []
         self._was_connected: bool | None = None
         self._reconnects = 0
-        self._poller: LoopingCall | None = None
+        self._stop_observing: Callable[[], None] | None = None
         self.registry.register(_Collector(self))
         if process_metrics:
             ProcessCollector(registry=self.registry)
@@ -234,20 +228,16 @@ class GatewayMetrics(Service):
 
     # -- what is watched
 
-    def watch_publisher(self, publisher: object) -> None:
+    def watch_publisher(self, publisher: IPublisher) -> None:
         """
-        Report the state of C{publisher} (the one wrapped by
-        L{MeasuredPublisher}, if any): connected or not and reconnections for
-        any L{IPublisher}; the current broker, in-flight and queued messages
-        for a L{SharedPublisher}; open sender sessions for a
-        L{PassthroughPublisher}.
+        Report the L{PublisherStatus} of C{publisher}, read when scraped:
+        connected or not, the current broker, in-flight and queued messages,
+        broker mode's open sender sessions.
 
-        Reconnections are counted by checking C{connected} every
-        C{poll_interval} seconds while the service runs (and at each scrape):
-        the broker session offers no event to listen to, so a connection lost
-        and regained between two checks goes uncounted.
+        Reconnections are counted from the publisher's observers while the
+        service runs: a change from down to up after it was up once is one.
         """
-        self._publisher = _unwrap(publisher)
+        self._publisher = publisher
         self._was_connected = None
 
     def watch_connections(self, factory: OpenConnections) -> None:
@@ -267,28 +257,26 @@ class GatewayMetrics(Service):
     # -- service
 
     def startService(self) -> None:
-        """Start checking the broker connection."""
+        """Start hearing the watched publisher's status changes."""
         super().startService()
-        self._poller = LoopingCall(self.check_connection)
-        self._poller.clock = self._clock
-        self._poller.start(self.poll_interval, now=True)
+        if self._publisher is not None:
+            self._was_connected = None
+            self.status_changed(self._publisher.status())
+            self._stop_observing = self._publisher.observe(self.status_changed)
 
     def stopService(self) -> None:
-        """Stop checking."""
+        """Stop hearing them."""
         super().stopService()
-        if self._poller is not None and self._poller.running:
-            self._poller.stop()
-        self._poller = None
+        if self._stop_observing is not None:
+            self._stop_observing()
+        self._stop_observing = None
 
-    def check_connection(self) -> None:
+    def status_changed(self, status: PublisherStatus) -> None:
         """
-        Look at the watched publisher's C{connected} now; a change from down
-        to up after it was up once is a reconnection.
+        The watched publisher's status is now C{status}; a change from down to
+        up after it was up once is a reconnection.
         """
-        publisher = self._publisher
-        if publisher is None:
-            return
-        connected = bool(getattr(publisher, "connected", False))
+        connected = status.connected
         if connected and self._was_connected is False:
             self._reconnects += 1
         if connected or self._was_connected is not None:
@@ -308,7 +296,6 @@ class GatewayMetrics(Service):
 
     def collect(self) -> Iterable[Metric]:
         """The metric families of the gateway (not the process ones)."""
-        self.check_connection()
         yield InfoMetricFamily(
             PREFIX + "build", "The gateway's version.", {"version": __version__}
         )
@@ -356,51 +343,48 @@ class GatewayMetrics(Service):
             )
 
     def _broker_families(self) -> Iterable[Metric]:
-        publisher = self._publisher
-        if publisher is None:
+        if self._publisher is None:
             return
-        connected = bool(getattr(publisher, "connected", False))
+        status = self._publisher.status()
         yield GaugeMetricFamily(
             PREFIX + "broker_connected",
             "1 while a broker session is up (broker mode: while a broker is "
             "reachable), else 0.",
-            value=1 if connected else 0,
+            value=1 if status.connected else 0,
         )
         yield CounterMetricFamily(
             PREFIX + "broker_reconnects",
-            "Times the broker connection came back after being down (checked "
-            "once a second).",
-            value=self._reconnects,
+            "Times the broker connection came back after being down.",
+            # The session counts its own; other publishers only tell changes.
+            value=max(self._reconnects, status.reconnects),
         )
-        if isinstance(publisher, SharedPublisher):
-            session = publisher.session
+        if status.sessions is None:
             info = InfoMetricFamily(
                 PREFIX + "broker",
                 "The broker of the current session and its MQTT version.",
                 labels=("broker", "protocol"),
             )
-            broker = session.current_broker
-            if broker is not None:
-                level = session.protocol_level
-                info.add_metric((broker, "5" if level == 5 else "3.1.1"), {})
+            if status.broker is not None:
+                level = "5" if status.protocol_level == 5 else "3.1.1"
+                info.add_metric((status.broker, level), {})
             yield info
             yield GaugeMetricFamily(
                 PREFIX + "inflight_messages",
                 "QoS 1/2 messages sent to the broker and not yet acknowledged.",
-                value=session.inflight_count,
+                value=status.inflight,
             )
             yield GaugeMetricFamily(
                 PREFIX + "queued_messages",
                 "Messages waiting for a broker session or for room in the "
                 "in-flight window.",
-                value=session.queued_count,
+                value=status.queued,
             )
-        elif isinstance(publisher, PassthroughPublisher):
+        else:
             yield GaugeMetricFamily(
                 PREFIX + "broker_sessions",
                 "Broker sessions opened for senders (broker mode), connecting "
                 "or connected.",
-                value=publisher.session_count,
+                value=status.sessions,
             )
 
 
@@ -444,12 +428,6 @@ class _Collector:
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics.collect()
-
-
-def _unwrap(publisher: object) -> object:
-    while isinstance(publisher, MeasuredPublisher):
-        publisher = publisher.wrapped
-    return publisher
 
 
 @implementer(IPublisher)

@@ -10,6 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.logger import Logger
+
+__all__ = ["ExitCleanlyOnSIGTERM", "OnSignal"]
+
+_log = Logger()
 
 
 class OnSignal(Service):
@@ -45,3 +50,21 @@ class OnSignal(Service):
                 self.signum,
                 lambda *_: self._reactor.callFromThread(self._action),
             )
+
+
+class ExitCleanlyOnSIGTERM(OnSignal):
+    """
+    Makes SIGTERM (systemd's stop) a clean shutdown with exit status 0: twistd's own
+    handler would end the process by re-raising the signal once the reactor stopped.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(signal.SIGTERM, self._stop, reactor)
+        self._stopping = False
+
+    def _stop(self) -> None:
+        if self._stopping:
+            return  # a second SIGTERM while draining changes nothing
+        self._stopping = True
+        _log.info("Received SIGTERM, shutting down.")
+        self._reactor.stop()

@@ -7,7 +7,9 @@ C{@}).
 
 L{SystemdNotifier} is the service that does it: C{READY=1} when it starts (it
 is added last to the service tree, so every listener listens by then), a
-C{STATUS=} line whenever the broker connection changes, C{WATCHDOG=1} from the
+C{STATUS=} line whenever the publisher's L{PublisherStatus} observers hear the
+broker connection change (and once, a second after start, if it is still
+down), C{WATCHDOG=1} from the
 reactor every third of C{$WATCHDOG_USEC} (so a wedged reactor misses its pings
 and systemd restarts the daemon), C{STOPPING=1} when it stops. Without
 C{$NOTIFY_SOCKET} (not run by systemd) it does nothing.
@@ -17,17 +19,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.clock import default_clock
-from gateway.mqtt.passthrough import PassthroughPublisher
-from gateway.mqtt.publisher import SharedPublisher
+from gateway.interfaces import IPublisher
+from gateway.status import PublisherStatus
 
 __all__ = ["Notifier", "SystemdNotifier", "broker_status", "watchdog_interval"]
 
@@ -123,24 +124,25 @@ def watchdog_interval(
     return usec / 3 / 1e6
 
 
-def broker_status(publisher: object) -> str:
+def broker_status(status: PublisherStatus, brokers: Sequence[str] = ()) -> str:
     """
-    One line on the broker connection of C{publisher}, for C{STATUS=}.
+    One line on the broker connection described by C{status}, for C{STATUS=}.
+
+    @param brokers: the names of the brokers tried in turn, named while none
+        is reachable.
     """
-    publisher = getattr(publisher, "wrapped", publisher)
-    connected = bool(getattr(publisher, "connected", False))
-    if isinstance(publisher, SharedPublisher):
-        session = publisher.session
-        if connected:
-            level = "5" if session.protocol_level == 5 else "3.1.1"
-            return f"Connected to {session.current_broker} (MQTT {level})"
-        brokers = ", ".join(broker.name for broker in session.brokers)
-        return f"Broker unreachable, retrying ({brokers})"
-    if isinstance(publisher, PassthroughPublisher):
-        if connected:
+    if status.sessions is not None:
+        if status.connected:
             return "Broker mode: a broker is reachable"
         return "Broker mode: no broker reachable, retrying"
-    return "Ready" if connected else "Broker unreachable, retrying"
+    if status.connected:
+        if status.broker is None:
+            return "Ready"
+        level = "5" if status.protocol_level == 5 else "3.1.1"
+        return f"Connected to {status.broker} (MQTT {level})"
+    if brokers:
+        return f"Broker unreachable, retrying ({', '.join(brokers)})"
+    return "Broker unreachable, retrying"
 
 
 class SystemdNotifier(Service):
@@ -151,51 +153,66 @@ class SystemdNotifier(Service):
 
     def __init__(
         self,
-        publisher: object | None = None,
+        publisher: IPublisher | None = None,
         *,
+        brokers: Sequence[str] = (),
         clock: IReactorTime | None = None,
         environ: Mapping[str, str] | None = None,
-        status_interval: float = 1.0,
+        connect_grace: float = 1.0,
     ) -> None:
         """
         @param publisher: the L{IPublisher} whose broker connection the status
             describes; C{None} for no status updates.
-        @param clock: schedules pings and status checks; the global reactor if
-            C{None}.
+        @param brokers: the names of the brokers tried, for the status while
+            none is reachable.
+        @param clock: schedules pings; the global reactor if C{None}.
         @param environ: where C{NOTIFY_SOCKET}, C{WATCHDOG_USEC} and
             C{WATCHDOG_PID} are read (by default C{os.environ}).
-        @param status_interval: seconds between checks of the broker connection.
+        @param connect_grace: seconds after start after which a broker still
+            not connected is reported unreachable.
         """
         clock = default_clock(clock)
         self._clock = clock
         self.publisher = publisher
+        self.brokers = tuple(brokers)
         self.notifier = Notifier.from_environment(environ)
         self.watchdog = watchdog_interval(environ) if self.notifier else None
-        self.status_interval = status_interval
+        self.connect_grace = connect_grace
         self.status: str | None = None
-        self._loops: list[LoopingCall] = []
+        self._pings: LoopingCall | None = None
+        self._grace: IDelayedCall | None = None
+        self._stop_observing: Callable[[], None] | None = None
 
     def startService(self) -> None:
-        """Say READY=1 with a first status; start pinging and watching."""
+        """Say READY=1 with a first status; start pinging and observing."""
         super().startService()
         if self.notifier is None:
             return
         self.status = "Listening; connecting to the MQTT broker"
-        if self.publisher is not None and getattr(self.publisher, "connected", False):
-            self.status = broker_status(self.publisher)
+        publisher = self.publisher
+        if publisher is not None and publisher.status().connected:
+            self.status = broker_status(publisher.status(), self.brokers)
         self.notifier.send("READY=1", f"STATUS={self.status}")
         if self.watchdog is not None:
-            self._loop(self.ping, self.watchdog)
-        if self.publisher is not None:
-            self._loop(self.update_status, self.status_interval, now=False)
+            self._pings = LoopingCall(self.ping)
+            self._pings.clock = self._clock
+            self._pings.start(self.watchdog, now=True)
+        if publisher is not None:
+            self._stop_observing = publisher.observe(self.status_changed)
+            self._grace = self._clock.callLater(self.connect_grace, self._end_grace)
 
     def stopService(self) -> None:
-        """Say STOPPING=1; stop pinging."""
+        """Say STOPPING=1; stop pinging and observing."""
         super().stopService()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
+        if self._pings is not None and self._pings.running:
+            self._pings.stop()
+        self._pings = None
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        if self._stop_observing is not None:
+            self._stop_observing()
+        self._stop_observing = None
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", "STATUS=Shutting down")
             self.notifier.close()
@@ -205,17 +222,16 @@ class SystemdNotifier(Service):
         if self.notifier is not None:
             self.notifier.send("WATCHDOG=1")
 
-    def update_status(self) -> None:
-        """Send the broker status if it changed since the last one sent."""
-        if self.notifier is None or self.publisher is None:
+    def status_changed(self, status: PublisherStatus) -> None:
+        """Send the line for C{status} if it differs from the last one sent."""
+        if self.notifier is None:
             return
-        status = broker_status(self.publisher)
-        if status != self.status:
-            self.status = status
-            self.notifier.send(f"STATUS={status}")
+        line = broker_status(status, self.brokers)
+        if line != self.status:
+            self.status = line
+            self.notifier.send(f"STATUS={line}")
 
-    def _loop(self, call: Any, interval: float, now: bool = True) -> None:
-        loop = LoopingCall(call)
-        loop.clock = self._clock
-        loop.start(interval, now=now)
-        self._loops.append(loop)
+    def _end_grace(self) -> None:
+        self._grace = None
+        if self.publisher is not None:
+            self.status_changed(self.publisher.status())

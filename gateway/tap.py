@@ -2,38 +2,20 @@
 """
 The twistd command line (L{Options}) and the service tree (L{makeService}).
 
-L{Options.postOptions} reads and checks everything that can be wrong in the
-configuration, so that a mistake stops start-up with one line naming the key or
-file; L{makeService} only assembles services, which start their work in
-C{startService}.
+L{Options.postOptions} reads and checks the configuration and the files it
+names (passwords, ACL, TLS and broker certificates), so that a mistake stops
+start-up with one line naming the key or file. L{makeService} only assembles
+the tree for the reactor it is given: it parses each listening endpoint once
+(a bad one stops start-up the same way) and builds services that start their
+work in C{startService} and undo it in C{stopService}. The pieces live in
+L{gateway.listeners} and L{gateway.publishing}.
 """
 
 from __future__ import annotations
 
-import signal
-import socket
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    serverFromString,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import (
-    IProtocolFactory,
-    IStreamClientEndpoint,
-    IStreamServerEndpoint,
-)
-from twisted.internet.ssl import (
-    Certificate,
-    PrivateCertificate,
-    optionsForClientTLS,
-    platformTrust,
-)
+from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -43,133 +25,45 @@ from gateway.auth.acl import ACL
 from gateway.auth.certs import (
     ReloadableServerTLS,
     ServerTLSOptions,
-    TLSConfigError,
     load_server_options,
     tls_factory,
 )
-from gateway.auth.files import AuthFileError
+from gateway.auth.files import load_setting
 from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
-from gateway.config import (
-    BrokerAddress,
-    Config,
-    ConfigError,
-    MQTTConfig,
-    default,
-    load,
-)
+from gateway.config import Config, ConfigError, default, load
 from gateway.core import Gateway
-from gateway.embedded import EmbeddedBroker, embedded_broker
-from gateway.interfaces import IPublisher
+from gateway.embedded import embedded_broker
 from gateway.limits import RateLimiter
+from gateway.listeners import Listener, connection_cap, parse_endpoints
 from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
-from gateway.mqtt.passthrough import PassthroughPublisher
-from gateway.mqtt.publisher import SharedPublisher
-from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.publishing import (
+    BrokerTarget,
+    StartFirst,
+    broker_endpoints,
+    broker_targets,
+    build_publisher,
+)
 from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
 from gateway.shutdown import DrainHTTP, StopInOrder
-from gateway.signals import OnSignal
+from gateway.signals import ExitCleanlyOnSIGTERM
+from gateway.startup import StartupError
+from gateway.swappable import daemon_parts
 from gateway.systemd import SystemdNotifier
 from gateway.web.admin import AdminRouter
 from gateway.web.aliyun import AliyunAPI, max_target_bytes
 from gateway.web.emqx import EMQXAPI
 from gateway.web.router import Router
-from gateway.web.server import (
-    HTTPServerFactory,
-    connection_limit,
-    limited_by_open_files,
-    open_file_limit,
-)
+from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
 
+__all__ = ["Listener", "Options", "StartupError", "connection_cap", "makeService"]
+
 log = Logger()
-T = TypeVar("T")
 
 # Request targets may carry a whole topic (65535 bytes, percent-encoded three times
 # over) or, for the query-string API, a payload as large as a body.
 _TOPIC_TARGET = 3 * 65535 + 4096
-
-
-class StartupError(SystemExit):
-    """
-    The daemon cannot start. Raised while twistd sets up, it ends the process with
-    exit status 1 and its one-line message on standard error, no traceback.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"mqtt-http-gateway: {message}")
-
-
-def check_endpoints(config: Config, reactor: Any) -> None:
-    """
-    Parse every listening endpoint string, so that a typo stops start-up.
-
-    @raise ConfigError: naming the key and the string.
-    """
-    for key, descriptions in (
-        ("http.listen", config.http.listen),
-        ("tls.listen", config.tls.listen),
-        ("admin.listen", (config.admin.listen,) if config.admin.listen else ()),
-    ):
-        for description in descriptions:
-            try:
-                serverFromString(reactor, description)
-            except Exception as e:
-                raise ConfigError(f"{key}: bad endpoint {description!r}: {e}") from None
-
-
-def _read(path: str, key: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
-
-
-def broker_endpoint(
-    reactor: Any, address: BrokerAddress, mqtt: MQTTConfig
-) -> IStreamClientEndpoint:
-    """
-    How to reach a broker: TCP for C{mqtt://}; TLS for C{mqtts://}, verifying the
-    server name against C{[mqtt] ca} (or the system's trust store) and presenting
-    C{[mqtt] cert}/C{key} when set.
-
-    @raise ConfigError: for unreadable or invalid certificate files.
-    """
-    tcp = HostnameEndpoint(reactor, address.host, address.port)
-    if not address.tls:
-        return tcp
-    try:
-        trust = (
-            Certificate.loadPEM(_read(mqtt.ca, "mqtt.ca"))
-            if mqtt.ca
-            else platformTrust()
-        )
-        client = None
-        if mqtt.cert and mqtt.key:
-            client = PrivateCertificate.loadPEM(
-                _read(mqtt.cert, "mqtt.cert") + b"\n" + _read(mqtt.key, "mqtt.key")
-            )
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"mqtt.ca/cert/key: cannot load: {e}") from None
-    options = optionsForClientTLS(address.host, trust, client)
-    return wrapClientTLS(options, tcp)
-
-
-def load_auth_file(key: str, path: str | None, load: Callable[[str], T]) -> T | None:
-    """
-    The file of C{[auth] key} loaded with C{load}, or C{None} when not set.
-
-    @raise ConfigError: naming the key, file and line for an unreadable or bad file.
-    """
-    if path is None:
-        return None
-    try:
-        return load(path)
-    except AuthFileError as e:
-        raise ConfigError(f"auth.{key}: {e}") from None
 
 
 class Options(usage.Options):
@@ -198,7 +92,7 @@ class Options(usage.Options):
         self["tls-listen"] = []
         self["broker"] = []
         self.config: Config = default()
-        self.brokers: list[Broker] = []
+        self.brokers: list[BrokerTarget] = []
         self.passwords: PasswordFile | None = None
         self.acl: ACL | None = None
         self.tls: ServerTLSOptions | None = None
@@ -222,12 +116,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Load and check the configuration.
+        Load and check the configuration, and read the files it names.
 
         @raise StartupError: with one line naming the key or file at fault.
         """
-        from twisted.internet import reactor
-
         try:
             config = load(self["config"]) if self["config"] else default()
             config = config.with_overrides(
@@ -236,170 +128,36 @@ class Options(usage.Options):
                 brokers=self["broker"],
                 admin=self["admin"],
             )
-            check_endpoints(config, reactor)
-            self.brokers = [
-                Broker(address.uri, broker_endpoint(reactor, address, config.mqtt))
-                for address in config.mqtt.brokers
-            ]
+            self.brokers = broker_targets(config.mqtt)
             auth = config.auth
-            self.passwords = load_auth_file(
-                "password_file", auth.password_file, PasswordFile.load
+            self.passwords = load_setting(
+                "auth.password_file", auth.password_file, PasswordFile.load
             )
-            self.acl = load_auth_file("acl_file", auth.acl_file, ACL.load)
+            self.acl = load_setting("auth.acl_file", auth.acl_file, ACL.load)
             self.tls = load_server_options(config.tls) if config.tls.listen else None
-        except (ConfigError, TLSConfigError) as e:
+        except ConfigError as e:
             raise StartupError(str(e)) from None
         self.config = config
 
 
-class Listener(StreamServerEndpointService):
+def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    Listens on one endpoint as soon as twistd starts the services, so that a port
-    that cannot be bound stops start-up with one line.
+    The service tree of the daemon, built from checked options for C{reactor}
+    (the global one when C{None}). It only assembles: the services start their
+    work (listening, connecting, opening the access log, handling signals) when
+    started.
+
+    @raise StartupError: for a listening endpoint string that does not parse.
     """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
 
-    _log = Logger()
-
-    def __init__(
-        self,
-        description: str,
-        endpoint: IStreamServerEndpoint,
-        factory: IProtocolFactory,
-        kind: str = "HTTP",
-    ) -> None:
-        super().__init__(endpoint, factory)
-        self.description = description
-        self.kind = kind
-
-    def privilegedStartService(self) -> None:
-        """Listen now; raise L{StartupError} when that fails."""
-        self._raiseSynchronously = True
-        try:
-            super().privilegedStartService()
-        except Exception as e:
-            raise StartupError(f"cannot listen on {self.description}: {e}") from None
-        self._log.info(
-            "Serving {kind} on {endpoint}", kind=self.kind, endpoint=self.description
-        )
-
-
-class _StartFirst(Service):
-    """
-    Runs the embedded broker before anything that connects to it: it starts at
-    privileged start-up and start-up waits until it listens.
-    """
-
-    def __init__(self, broker: EmbeddedBroker) -> None:
-        self.broker = broker
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        try:
-            self.broker.start_and_wait()
-        except Exception as e:
-            raise StartupError(str(e)) from None
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self.broker.stopService()
-
-
-class _ExitCleanlyOnSIGTERM(OnSignal):
-    """
-    Makes SIGTERM (systemd's stop) a clean shutdown with exit status 0: twistd's own
-    handler would end the process by re-raising the signal once the reactor stopped.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        super().__init__(signal.SIGTERM, self._stop, reactor)
-        self._stopping = False
-
-    def _stop(self) -> None:
-        if self._stopping:
-            return  # a second SIGTERM while draining changes nothing
-        self._stopping = True
-        log.info("Received SIGTERM, shutting down.")
-        self._reactor.stop()
-
-
-def _publisher(
-    options: Options,
-    root: MultiService,
-    reactor: Any,
-    embedded: EmbeddedBroker | None = None,
-) -> IPublisher:
-    """
-    The publisher of the configured mode, its services under C{root}; it speaks
-    the embedded broker's MQTT version when there is one.
-    """
+        reactor = global_reactor
     config = options.config
-    if config.auth.mode == "broker":
-        passthrough = PassthroughPublisher(
-            options.brokers,
-            protocol=config.mqtt.protocol,
-            keepalive=config.mqtt.keepalive,
-            publish_timeout=config.mqtt.publish_timeout,
-            idle_timeout=config.http.idle_timeout,
-            clock=reactor,
-        )
-        passthrough.setName("mqtt-sessions")
-        passthrough.setServiceParent(root)
-        log.info("Broker mode: each sender gets its own broker session")
-        return passthrough
-    settings = SessionSettings(
-        client_id=config.mqtt.gateway_client_id(socket.gethostname()),
-        username=config.mqtt.username or None,
-        password=config.mqtt.password.encode() if config.mqtt.password else None,
-        protocol=config.mqtt.protocol if embedded is None else embedded.protocol,
-        keepalive=config.mqtt.keepalive,
-    )
-    session = BrokerSession(
-        options.brokers,
-        settings,
-        publish_timeout=config.mqtt.publish_timeout,
-        clock=reactor,
-    )
-    session.setName("mqtt-session")
-    session.setServiceParent(root)
-    log.info(
-        "Gateway mode: publishing over one broker session to {brokers}",
-        brokers=", ".join(address.uri for address in config.mqtt.brokers),
-    )
-    return SharedPublisher(session)
-
-
-def connection_cap(per_source: int, open_files: int | None = None) -> int:
-    """
-    The cap on HTTP connections for the process's open-file limit (or
-    C{open_files}); when that limit is what holds the cap down, one log line
-    says so, with the cap it implies and the share of one address.
-    """
-    if open_files is None:
-        open_files = open_file_limit()
-    cap = connection_limit(open_files)
-    if limited_by_open_files(open_files):
-        log.warn(
-            "The open-file limit (RLIMIT_NOFILE) is {open_files}: at most {cap} "
-            "HTTP connections are served at once, {per_source} from one client "
-            "address{all}; raise the limit (systemd LimitNOFILE=) to serve more",
-            open_files=open_files,
-            cap=cap,
-            per_source=min(per_source, cap),
-            all=" (http.max_connections_per_source is not below the cap: one "
-            "address can take every connection)"
-            if per_source >= cap
-            else "",
-        )
-    return cap
-
-
-def makeService(options: Options) -> IService:
-    """
-    The service tree of the daemon, built from checked options.
-    """
-    from twisted.internet import reactor
-
-    config = options.config
+    try:
+        endpoints = parse_endpoints(config, reactor)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
     # Stopped last-added first, one after another: listeners, then the drain of
     # requests in flight, then the broker sessions.
     root = StopInOrder()
@@ -407,7 +165,7 @@ def makeService(options: Options) -> IService:
     if config.embedded_broker:
         address = config.mqtt.brokers[0]
         embedded = embedded_broker(address.host, address.port, reactor)
-        starter = _StartFirst(embedded)
+        starter = StartFirst(embedded)
         starter.setName("embedded-broker")
         starter.setServiceParent(root)
     # No configuration file at all: the laptop default, where anyone may publish.
@@ -421,7 +179,8 @@ def makeService(options: Options) -> IService:
             if config.embedded_broker
             else "",
         )
-    publisher = _publisher(options, root, reactor, embedded)
+    brokers = broker_endpoints(options.brokers, reactor)
+    publisher = build_publisher(config, brokers, root, reactor, embedded)
     metrics = None
     if config.admin.listen:
         metrics = GatewayMetrics(reactor)
@@ -440,9 +199,12 @@ def makeService(options: Options) -> IService:
         options.acl,
         limiter=RateLimiter(config.limits),
     )
-    access_log = AccessLog(config.log.access, reactor) if config.log.access else None
-    if access_log is not None:
-        reactor.addSystemEventTrigger("after", "shutdown", access_log.close)
+    access_log = None
+    if config.log.access:
+        # Before the drain: stopped after it, so the last requests are logged.
+        access_log = AccessLog(config.log.access, reactor)
+        access_log.setName("access-log")
+        access_log.setServiceParent(root)
     aliyun = None
     max_target = _TOPIC_TARGET
     if config.aliyun.enabled:
@@ -466,43 +228,41 @@ def makeService(options: Options) -> IService:
         ),
         clock=reactor,
     )
-    _ExitCleanlyOnSIGTERM(reactor).setServiceParent(root)
+    ExitCleanlyOnSIGTERM(reactor).setServiceParent(root)
     DrainHTTP([factory], timeout=config.mqtt.publish_timeout + 1).setServiceParent(root)
-    for description in config.http.listen:
-        Listener(
-            description, serverFromString(reactor, description), factory
-        ).setServiceParent(root)
+    for description, endpoint in endpoints.http:
+        Listener(description, endpoint, factory).setServiceParent(root)
     tls = None
     if options.tls is not None:
         tls = ReloadableServerTLS(options.tls)
         https = tls_factory(factory, tls, reactor)
-        for description in config.tls.listen:
-            Listener(
-                description, serverFromString(reactor, description), https, "HTTPS"
-            ).setServiceParent(root)
-    if metrics is not None:
+        for description, endpoint in endpoints.tls:
+            Listener(description, endpoint, https, "HTTPS").setServiceParent(root)
+    if metrics is not None and endpoints.admin is not None:
         metrics.watch_connections(factory)
         if tls is not None:
             metrics.watch_tls(tls)
         admin = HTTPServerFactory(
             AdminRouter(publisher, metrics), max_body=4096, clock=reactor
         )
-        Listener(
-            config.admin.listen,
-            serverFromString(reactor, config.admin.listen),
-            admin,
-            "admin",
-        ).setServiceParent(root)
+        Listener(*endpoints.admin, admin, "admin").setServiceParent(root)
     reloader = Reloader(
         config,
         command_line_loader(options),
-        authenticator=authenticator,
-        gateway=core,
-        tls=tls,
-        apply_limits=lambda limits: setattr(core, "limiter", RateLimiter(limits)),
-        access_log=access_log,
+        daemon_parts(
+            config,
+            authenticator=authenticator,
+            core=core,
+            tls=tls,
+            apply_limits=lambda limits: setattr(core, "limiter", RateLimiter(limits)),
+            access_log=access_log,
+        ),
     )
     ReloadOnSIGHUP(reloader.reload, reactor).setServiceParent(root)
     # Last: READY=1 once everything above has started.
-    SystemdNotifier(publisher, clock=reactor).setServiceParent(root)
+    SystemdNotifier(
+        publisher,
+        brokers=[address.uri for address in config.mqtt.brokers],
+        clock=reactor,
+    ).setServiceParent(root)
     return root

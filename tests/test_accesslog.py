@@ -35,7 +35,8 @@ class AccessLogTests(SynchronousTestCase):
         self.clock = Clock()
         self.path = os.path.join(tempfile.mkdtemp(), "access.log")
         self.log = AccessLog(self.path, self.clock)
-        self.addCleanup(self.log.close)
+        self.log.startService()
+        self.addCleanup(self.log.stopService)
 
     def lines(self) -> list[dict[str, object]]:
         with open(self.path) as f:
@@ -74,3 +75,21 @@ class AccessLogTests(SynchronousTestCase):
         with open(self.path + ".1") as f:
             self.assertEqual([json.loads(x) for x in f], [RECORD])
         self.assertEqual(self.lines(), [dict(RECORD, status=400)])
+
+
+class AccessLogServiceTests(SynchronousTestCase):
+    def test_file_opened_by_the_service(self) -> None:
+        """Building the access log opens nothing; starting it opens the file
+        (records handed over before are written then), stopping it writes what
+        is buffered and closes the file."""
+        path = os.path.join(tempfile.mkdtemp(), "access.log")
+        log = AccessLog(path, Clock())
+        log(RECORD)
+        self.assertFalse(os.path.exists(path))
+        log.startService()
+        log(dict(RECORD, status=400))
+        log.stopService()
+        with open(path) as f:
+            self.assertEqual(
+                [json.loads(x) for x in f], [RECORD, dict(RECORD, status=400)]
+            )

@@ -15,10 +15,11 @@ from gateway.web.admin import AdminRouter
 from gateway.web.messages import API, AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.server import HTTPServerFactory
 from tests.brokers import Mosquitto, free_port, poll
+from tests.fakes import PublisherFake
 from tests.gateway import RunningGateway, curl
 
 
-class Publisher:
+class Publisher(PublisherFake):
     connected = False
 
 
@@ -49,7 +50,7 @@ class AdminRouterTests(SynchronousTestCase):
         response = self.handle(get(b"/readyz"))
         self.assertEqual(response.status, 503)
         self.assertIn(("Retry-After", "1"), response.headers)
-        self.publisher.connected = True
+        self.publisher.set_connected(True)
         response = self.handle(get(b"/readyz"))
         self.assertEqual((response.status, response.body), (200, b"ready\n"))
 

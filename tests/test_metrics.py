@@ -21,6 +21,7 @@ from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.status import PublisherStatus
 from gateway.web.messages import API, AccessRecord
 from tests.fakes import PublisherFake
 
@@ -80,15 +81,15 @@ class FakePublisher(PublisherFake):
         return d
 
 
-class FakeSession:
-    """What the metrics read of a BrokerSession."""
+class StatusPublisher(FakePublisher):
+    """A publisher whose status the test sets, as a gateway-mode session has it."""
 
-    connected = True
-    current_broker: str | None = "mqtt://broker.example:1883"
-    protocol_level: int | None = 5
-    inflight_count = 3
-    queued_count = 7
-    brokers = ()
+    def __init__(self, status: PublisherStatus) -> None:
+        super().__init__()
+        self.current = status
+
+    def status(self) -> PublisherStatus:
+        return self.current
 
 
 class ComposeTests(SynchronousTestCase):
@@ -333,8 +334,15 @@ class BrokerMetricsTests(SynchronousTestCase):
     def test_shared_session(self) -> None:
         """Gateway mode: connection state, current broker, in-flight and queued
         messages, read from the session at scrape time."""
-        session = FakeSession()
-        publisher = SharedPublisher(cast(BrokerSession, session))
+        publisher = StatusPublisher(
+            PublisherStatus(
+                connected=True,
+                broker="mqtt://broker.example:1883",
+                protocol_level=5,
+                inflight=3,
+                queued=7,
+            )
+        )
         self.metrics.watch_publisher(
             MeasuredPublisher(publisher, self.metrics, self.clock)
         )
@@ -350,9 +358,7 @@ class BrokerMetricsTests(SynchronousTestCase):
         )
         self.assertEqual(value(self.metrics, "inflight_messages"), 3)
         self.assertEqual(value(self.metrics, "queued_messages"), 7)
-        session.connected = False
-        session.current_broker = None
-        session.inflight_count = 0
+        publisher.current = PublisherStatus(connected=False, queued=7)
         self.assertEqual(value(self.metrics, "broker_connected"), 0)
         self.assertNotIn(P + "broker_info", {name for name, _ in samples(self.metrics)})
         self.assertEqual(value(self.metrics, "inflight_messages"), 0)
@@ -386,22 +392,31 @@ class BrokerMetricsTests(SynchronousTestCase):
         self.metrics.watch_publisher(publisher)
         self.metrics.startService()
         self.addCleanup(self.metrics.stopService)
-        self.clock.advance(1)
-        publisher.connected = True
-        self.clock.advance(1)
+        publisher.set_connected(True)
         self.assertEqual(value(self.metrics, "broker_reconnects_total"), 0)
-        publisher.connected = False
-        self.clock.advance(1)
-        publisher.connected = True
-        self.clock.advance(1)
+        publisher.set_connected(False)
+        publisher.set_connected(True)
         self.assertEqual(value(self.metrics, "broker_reconnects_total"), 1)
-        # A scrape sees a change the next check has not seen yet.
-        publisher.connected = False
+        # A scrape sees every change: the observer heard it when it happened.
+        publisher.set_connected(False)
         self.assertEqual(value(self.metrics, "broker_connected"), 0)
-        publisher.connected = True
+        publisher.set_connected(True)
         self.assertEqual(value(self.metrics, "broker_reconnects_total"), 2)
         self.metrics.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        publisher.set_connected(False)
+        publisher.set_connected(True)
+        self.assertEqual(
+            value(self.metrics, "broker_reconnects_total"), 2, "stopped observing"
+        )
+        self.assertEqual(len(publisher.observers._observers), 0)
+
+    def test_session_reconnects(self) -> None:
+        """A session's own count of reconnections shows even when the service
+        did not hear them."""
+        publisher = StatusPublisher(PublisherStatus(connected=True, reconnects=4))
+        self.metrics.watch_publisher(publisher)
+        self.assertEqual(value(self.metrics, "broker_reconnects_total"), 4)
 
     def test_connections_and_tls(self) -> None:
         """Open connections of every watched factory and refused client

@@ -41,10 +41,12 @@ from gateway.auth.certs import (
     ServerTLSOptions,
     load_server_options,
 )
+from gateway.auth.files import FileError
 from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
-from gateway.config import Config, LimitsConfig, load
+from gateway.config import Config, ConfigError, LimitsConfig, load
 from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
+from gateway.swappable import daemon_parts
 from tests.brokers import Mosquitto, free_port
 from tests.certs import PKI, make_pki
 from tests.gateway import curl
@@ -149,18 +151,22 @@ class ReloaderTests(SynchronousTestCase):
         self.tls = ReloadableServerTLS(self.tls_options)
         self.limits: list[LimitsConfig] = []
         self.access_log = AccessLog(self.config.log.access, Clock())
-        self.addCleanup(self.access_log.close)
+        self.access_log.startService()
+        self.addCleanup(self.access_log.stopService)
         self.reloader = self.make_reloader(lambda: load(self.files.config))
 
     def make_reloader(self, load_config: Callable[[], Config] | None) -> Reloader:
         return Reloader(
             self.config,
             load_config,
-            authenticator=self.authenticator,
-            gateway=self.core,
-            tls=self.tls,
-            apply_limits=self.limits.append,
-            access_log=self.access_log,
+            daemon_parts(
+                self.config,
+                authenticator=self.authenticator,
+                core=self.core,
+                tls=self.tls,
+                apply_limits=self.limits.append,
+                access_log=self.access_log,
+            ),
         )
 
     def verify(self, user: str, password: str) -> bool:
@@ -383,6 +389,62 @@ class ReloaderTests(SynchronousTestCase):
         self.assertIsNone(command_line_loader({**options, "config": None}))
         reloader = Reloader(config, load_config)
         self.assertEqual(reloader.reload().restart_needed, ())
+
+
+@attrs.define
+class Part:
+    """A swappable part that does what the test says."""
+
+    outcome: Callable[[Config], str | None]
+    part: str = "fake"
+    what: str = "the fake part"
+    reads: str = "files"
+    seen: list[Config] = attrs.Factory(list)
+
+    def swap(self, config: Config) -> str | None:
+        self.seen.append(config)
+        return self.outcome(config)
+
+
+class SwappableTests(SynchronousTestCase):
+    """Every part changes through the one interface: a refusal is one
+    ConfigError (a FileError naming the file), logged in one line, and the
+    other parts are swapped all the same."""
+
+    def test_parts(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "gateway.toml")
+        with open(path, "w") as f:
+            f.write("[limits]\nrate = 5.0\nburst = 5\n")
+        running = load(path)
+
+        def refuse(config: Config) -> str | None:
+            raise FileError("/etc/x.pem", 3, "not PEM")
+
+        refused = Part(refuse, part="refused")
+        applied = Part(lambda config: "done", part="applied")
+        settings = Part(lambda config: "set", part="settings", reads="settings")
+        always = Part(lambda config: None, part="always", reads="nothing")
+        reloader = Reloader(
+            running,
+            lambda: load(path),
+            cast(Any, [always, refused, applied, settings]),
+        )
+        with captured_log() as events:
+            report = reloader.reload()
+        self.assertEqual(report.applied, ("applied", "settings"))
+        self.assertEqual(report.refused, ("/etc/x.pem:3: not PEM",))
+        [error] = lines(events, LogLevel.error)
+        self.assertIn("the fake part: /etc/x.pem:3: not PEM", error)
+        self.assertEqual(always.seen, [running], "reads nothing of the new file")
+        with open(path, "w") as f:
+            f.write("[limits]\nrate = -1\n")
+        report = reloader.reload()
+        self.assertEqual(len(settings.seen), 1, "settings only from a valid file")
+        self.assertIs(applied.seen[-1], running, "files of the running one")
+        self.assertEqual(report.applied, ("applied",))
+        self.assertTrue(issubclass(FileError, ConfigError))
 
 
 class FakeReactor:

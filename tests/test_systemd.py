@@ -24,18 +24,18 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
-from gateway.mqtt.session import BrokerSession
+from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from gateway.status import PublisherStatus
 from gateway.systemd import Notifier, SystemdNotifier, broker_status, watchdog_interval
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
+from tests.fakes import PublisherFake
 from tests.gateway import RunningGateway, curl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-# The ops services are wired into makeService by gateway/tap.py; until they are,
-# the tests of the assembled daemon's notifications and reloads cannot pass.
 
 
 class NotifySocket:
@@ -79,15 +79,8 @@ class NotifySocket:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class FakePublisher:
+class FakePublisher(PublisherFake):
     connected = False
-
-
-class FakeSession:
-    connected = True
-    current_broker = "mqtt://broker.example:1883"
-    protocol_level = 4
-    brokers = ()
 
 
 class NotifierTests(SynchronousTestCase):
@@ -189,15 +182,31 @@ class SystemdNotifierTests(SynchronousTestCase):
             self.notify.receive()[1:], ["STATUS=Broker unreachable, retrying"]
         )
         self.clock.advance(5)
+        self.publisher.set_connected(False)
         self.assertEqual(len(self.notify.receive()), 2, "only changes are sent")
-        self.publisher.connected = True
-        self.clock.advance(1)
+        self.publisher.set_connected(True)
         self.assertEqual(self.notify.receive()[2:], ["STATUS=Ready"])
         service.stopService()
         self.assertEqual(
             self.notify.receive()[3:], ["STOPPING=1\nSTATUS=Shutting down"]
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_polling(self) -> None:
+        """Status lines come from the publisher's observers: once the first
+        second is over nothing is scheduled, and a change is sent at once;
+        once stopped, changes are no longer heard."""
+        service = self.service()
+        service.startService()
+        self.clock.advance(1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.publisher.set_connected(True)
+        self.assertEqual(self.notify.receive()[-1:], ["STATUS=Ready"])
+        service.stopService()
+        self.publisher.set_connected(False)
+        self.assertEqual(
+            self.notify.receive()[-1:], ["STOPPING=1\nSTATUS=Shutting down"]
+        )
 
     def test_watchdog(self) -> None:
         """With WATCHDOG_USEC set, WATCHDOG=1 every third of it from the reactor."""
@@ -236,20 +245,50 @@ class SystemdNotifierTests(SynchronousTestCase):
     def test_broker_status(self) -> None:
         """STATUS names the broker of the gateway's session, or the brokers it
         keeps trying."""
-        session = FakeSession()
-        publisher = SharedPublisher(cast(BrokerSession, session))
         self.assertEqual(
-            broker_status(publisher),
+            broker_status(
+                PublisherStatus(
+                    connected=True,
+                    broker="mqtt://broker.example:1883",
+                    protocol_level=4,
+                )
+            ),
             "Connected to mqtt://broker.example:1883 (MQTT 3.1.1)",
         )
-
-        class Broker:
-            name = "mqtt://a:1883"
-
-        session.connected = False
-        session.brokers = (Broker(),)  # type: ignore[assignment]
         self.assertEqual(
-            broker_status(publisher), "Broker unreachable, retrying (mqtt://a:1883)"
+            broker_status(PublisherStatus(connected=False), ("mqtt://a:1883",)),
+            "Broker unreachable, retrying (mqtt://a:1883)",
+        )
+
+    def test_broker_mode_status(self) -> None:
+        """Broker mode's STATUS says whether a broker is reachable."""
+        self.assertEqual(
+            broker_status(PublisherStatus(connected=True, sessions=2)),
+            "Broker mode: a broker is reachable",
+        )
+        self.assertEqual(
+            broker_status(PublisherStatus(connected=False, sessions=0)),
+            "Broker mode: no broker reachable, retrying",
+        )
+
+    def test_real_publishers(self) -> None:
+        """The gateway's publishers say what the status lines need."""
+        session = BrokerSession(
+            [Broker("mqtt://127.0.0.1:1", cast(Any, None))],
+            SessionSettings(client_id="gateway"),
+            clock=self.clock,
+        )
+        self.assertEqual(
+            broker_status(SharedPublisher(session).status(), ("mqtt://127.0.0.1:1",)),
+            "Broker unreachable, retrying (mqtt://127.0.0.1:1)",
+        )
+        passthrough = PassthroughPublisher(
+            [Broker("mqtt://127.0.0.1:1", cast(Any, None))],
+            clock=self.clock,
+            probe_interval=None,
+        )
+        self.assertEqual(
+            broker_status(passthrough.status()), "Broker mode: a broker is reachable"
         )
 
 

@@ -11,14 +11,15 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.testing import MemoryReactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from gateway.tap import Options, StartupError, connection_cap
+from gateway.tap import Listener, Options, StartupError, connection_cap, makeService
 from tests.brokers import Amqtt, Mosquitto, Subscriber, free_port, poll
 from tests.gateway import curl
 
@@ -49,7 +50,9 @@ class ConnectionCapTests(SynchronousTestCase):
         finally:
             globalLogPublisher.removeObserver(observer)
         return cap, [
-            formatEvent(e) for e in events if e.get("log_namespace") == "gateway.tap"
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace") == "gateway.listeners"
         ]
 
     def test_open_file_limit_binds(self) -> None:
@@ -88,8 +91,10 @@ class OptionsTests(SynchronousTestCase):
         return options
 
     def refused(self, *args: str) -> str:
+        """The line the daemon refuses to start with, from its options or
+        from assembling the service tree."""
         with self.assertRaises(StartupError) as e:
-            self.parse(*args)
+            makeService(self.parse(*args), MemoryReactor())
         message = str(e.exception.code)
         self.assertTrue(message.startswith("mqtt-http-gateway: "), message)
         self.assertNotIn("\n", message)
@@ -146,6 +151,46 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("nope.toml", self.refused("--config", "/nonexistent/nope.toml"))
 
 
+class AssemblyTests(SynchronousTestCase):
+    def test_pure(self) -> None:
+        """Building the service tree for a reactor touches nothing: no file
+        opened (the access log is created when its service starts), no
+        listening, no connection, no system event trigger, nothing scheduled."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        access = os.path.join(directory, "access.log")
+        config = write(
+            "[http]\n"
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            "[mqtt]\n"
+            'brokers = ["mqtt://127.0.0.1:1"]\n'
+            "[admin]\n"
+            'listen = "tcp:0:interface=127.0.0.1"\n'
+            "[log]\n"
+            f'access = "{access}"\n'
+        )
+        options = Options()
+        options.parseOptions(["--config", config])
+        reactor = MemoryReactor()
+        root = makeService(options, reactor)
+        self.assertFalse(os.path.exists(access))
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual(reactor.tcpClients, [])
+        self.assertEqual(reactor.triggers, {})
+        self.assertEqual(reactor.whenRunningHooks, [])
+        names = {service.name for service in cast(Any, root)}
+        self.assertLessEqual({"mqtt-session", "access-log"}, names)
+
+    def test_endpoints_for_the_given_reactor(self) -> None:
+        """The listeners are built once, for the reactor makeService is given."""
+        options = Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+        reactor = MemoryReactor()
+        root = makeService(options, reactor)
+        [listener] = [s for s in cast(Any, root) if isinstance(s, Listener)]
+        self.assertIs(listener.endpoint._reactor, reactor)
+
+
 class CommandLineTests(TestCase):
     """The real twistd, as an operator runs it."""
 
@@ -166,6 +211,17 @@ class CommandLineTests(TestCase):
         self.assertEqual(code, 1)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertIn(b"mqtt.keepalive", err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    async def test_bad_endpoint(self) -> None:
+        """A listening endpoint that does not parse (found while the service
+        tree is assembled) stops start-up the same way."""
+        out, err, code = await twistd(
+            "--config", write('[http]\nlisten = ["tcpp:80"]\n')
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn(b"http.listen: bad endpoint 'tcpp:80'", err)
         self.assertNotIn(b"Traceback", out + err)
 
     async def test_port_in_use(self) -> None:

@@ -64,7 +64,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from gateway.config import TLSConfig
+from gateway.auth.files import read_bytes
+from gateway.config import ConfigError, TLSConfig
 
 __all__ = [
     "ReloadableServerTLS",
@@ -120,12 +121,10 @@ _VERIFY_ERRORS = {
 }
 
 
-class TLSConfigError(Exception):
-    """
-    A C{[tls]} file that cannot be used; the message is one line naming the key
-    and the file, e.g. C{tls.cert: cannot read /etc/x/server.crt: No such file or
-    directory}.
-    """
+#: A C{[tls]} file that cannot be used: a L{ConfigError} whose message is one
+#: line naming the key and the file, e.g. C{tls.cert: cannot read
+#: /etc/x/server.crt: No such file or directory}.
+TLSConfigError = ConfigError
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -543,13 +542,7 @@ def _read(key: str, path: str | None) -> bytes:
     """
     if path is None:
         raise TLSConfigError(f"{key}: not set")
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as error:
-        raise TLSConfigError(
-            f"{key}: cannot read {path}: {error.strerror or error}"
-        ) from error
+    return read_bytes(path, key)
 
 
 def _read_certificates(key: str, path: str | None) -> list[x509.Certificate]:

@@ -1,43 +1,97 @@
+# -*- test-case-name: tests.test_reload -*-
 """
-Reading password and ACL files, and the error of one that cannot be used.
+Reading the files the configuration names (password file, ACL, TLS and broker
+certificates), and the one error of a file that cannot be used.
+
+L{FileError} is a L{ConfigError}: whoever checks a configuration (start-up, a
+reload) catches that one type, whether a key or a file is at fault.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
 
-class AuthFileError(Exception):
+from gateway.config import ConfigError
+
+__all__ = ["AuthFileError", "FileError", "load_setting", "read_bytes", "read_text"]
+
+T = TypeVar("T")
+
+
+class FileError(ConfigError):
     """
     A file that cannot be used. C{str()} is one line naming the file and, where
-    there is one, the line: C{"acl:4: invalid topic filter 'a/#/b'"}. It never
-    contains a password or a hash.
+    there is one, the line: C{"acl:4: invalid topic filter 'a/#/b'"}; with the
+    setting C{key} that names the file, the key first and then the reason (which
+    names the file): C{"tls.cert: cannot read /x.crt: No such file or
+    directory"}. It never contains a password or a hash.
 
     @ivar name: the file's name (its path when loaded).
     @ivar line: the 1-based line number, or C{None} for the file as a whole.
     @ivar reason: what is wrong.
+    @ivar key: the setting naming the file, if known.
     """
 
-    def __init__(self, name: str, line: int | None, reason: str) -> None:
+    def __init__(
+        self, name: str, line: int | None, reason: str, key: str | None = None
+    ) -> None:
         where = name if line is None else f"{name}:{line}"
-        super().__init__(f"{where}: {reason}")
+        super().__init__(f"{key}: {reason}" if key else f"{where}: {reason}")
         self.name = name
         self.line = line
         self.reason = reason
+        self.key = key
 
 
-def read_text(path: str, error: type[AuthFileError]) -> str:
+#: The name the password and ACL files' errors were first given.
+AuthFileError = FileError
+
+
+def read_bytes(
+    path: str, key: str | None = None, error: type[FileError] = FileError
+) -> bytes:
     """
-    The UTF-8 text of the file at C{path}.
+    The contents of the file at C{path}.
 
-    @raise AuthFileError: of type C{error}, naming C{path} (and the line of the
-        first byte that is not UTF-8).
+    @param key: the setting that names the file, for the message.
+    @raise FileError: of type C{error}, naming C{path} (and C{key}).
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
-        raise error(path, None, f"cannot read: {e.strerror}") from None
+        why = e.strerror or str(e)
+        if key:
+            raise error(path, None, f"cannot read {path}: {why}", key) from None
+        raise error(path, None, f"cannot read: {why}") from None
+
+
+def read_text(path: str, error: type[FileError] = FileError) -> str:
+    """
+    The UTF-8 text of the file at C{path}.
+
+    @raise FileError: of type C{error}, naming C{path} (and the line of the
+        first byte that is not UTF-8).
+    """
+    data = read_bytes(path, error=error)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise error(path, line, "not UTF-8") from None
+
+
+def load_setting(key: str, path: str | None, load: Callable[[str], T]) -> T | None:
+    """
+    The file of the setting C{key} loaded with C{load}, or C{None} when not set.
+
+    @raise ConfigError: naming the key, file and line for an unreadable or bad
+        file.
+    """
+    if path is None:
+        return None
+    try:
+        return load(path)
+    except FileError as e:
+        raise ConfigError(f"{key}: {e}") from None

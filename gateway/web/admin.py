@@ -6,7 +6,7 @@ only on C{[admin] listen}.
 
   - C{GET /healthz}: 200 while the process runs (the reactor answers);
   - C{GET /readyz}: 200 while a broker session is up (the publisher's
-    C{connected}), else 503;
+    L{PublisherStatus}), else 503;
   - C{GET /metrics}: the metrics, Prometheus text (or OpenMetrics when the
     C{Accept} header asks for it);
   - C{GET /openapi.json}: the OpenAPI 3.1 description of every operation, the
@@ -22,6 +22,7 @@ from typing import Protocol
 
 from gateway import openapi
 from gateway.errors import GatewayError
+from gateway.status import PublisherStatus
 from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 
 __all__ = ["AdminRouter"]
@@ -34,9 +35,8 @@ _ALLOWED = "GET, HEAD"
 class Readiness(Protocol):
     """What C{/readyz} asks: an L{IPublisher}."""
 
-    @property
-    def connected(self) -> bool:
-        """Whether a broker session is up."""
+    def status(self) -> PublisherStatus:
+        """The state of its broker connection now."""
 
 
 _LOG = AccessLogFields(api=API.ADMIN)
@@ -67,7 +67,7 @@ class AdminRouter:
         self, publisher: Readiness, metrics: MetricsSource | None = None
     ) -> None:
         """
-        @param publisher: whose C{connected} decides readiness.
+        @param publisher: whose status decides readiness.
         @param metrics: what C{/metrics} shows; C{None}: C{/metrics} is a 404.
         """
         self.publisher = publisher
@@ -97,7 +97,7 @@ class AdminRouter:
         return _text(200, "ok")
 
     def _ready(self, request: HTTPRequest) -> HTTPResponse:
-        if self.publisher.connected:
+        if self.publisher.status().connected:
             return _text(200, "ready")
         return _text(503, "not ready: no broker session", ("Retry-After", "1"))
 
