@@ -1,13 +1,13 @@
 """
 C{python -m bench.overload}: what the gateway does when it is offered more than
-it, or the broker behind it, can take (SPEC sections 7 and 8).
+it, or the broker behind it, can take.
 
 wrk (closed loop, one request outstanding per connection) drives many
 connections against the daemon (C{twistd -y}, assembled by L{gateway.tap}) in
 five situations:
 
   - C{no limits}: a fast Mosquitto, no rate limit (the baseline);
-  - C{rate-limit}: C{[limits] rate = 1000} (SPEC's default) in front of a fast
+  - C{rate-limit}: C{[limits] rate = 1000} (the default) in front of a fast
     Mosquitto: everything over the rate must get a quick 429;
   - C{slow-broker}: the broker's acknowledgements pass a proxy that lets through
     C{--broker-rate} packets per second (200): the broker path takes 200
@@ -483,7 +483,7 @@ daemon per row. The gateway runs on CPU 0; wrk, Mosquitto and the proxy on
 CPU 1.
 
 - **no limits**: a fast Mosquitto, no rate limit: the baseline.
-- **rate-limit**: `[limits] rate = 1000, burst = 1000` (SPEC's default), a fast
+- **rate-limit**: `[limits] rate = 1000, burst = 1000` (the default), a fast
   Mosquitto behind.
 - **slow-broker**: the broker's acknowledgements pass a proxy that lets 200
   packets/s through, so the broker path takes 200 messages/s; rate limit off.

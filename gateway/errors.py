@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.test_web_topics,tests.test_mqtt_delivery -*-
 """
 Errors are values: one exception type carrying the HTTP status, the error code of
-SPEC section 8 and a message for the client.
+the error codes and a message for the client.
 
 Raise L{GatewayError} anywhere in the core; each HTTP API renders it in exactly one
 place (its own JSON shape).
@@ -15,7 +15,7 @@ from gateway.mqtt.outcomes import Outcome, PublishFailed
 
 
 class Code(enum.Enum):
-    """The error codes of API 1 (C{POST /topics/...}), SPEC section 8."""
+    """The error codes of API 1 (C{POST /topics/...})."""
 
     InvalidPath = "InvalidPath"
     InvalidTopic = "InvalidTopic"
@@ -32,7 +32,7 @@ class Code(enum.Enum):
     BrokerUnavailable = "BrokerUnavailable"
     BrokerRejected = "BrokerRejected"
     InternalError = "InternalError"
-    # Beyond SPEC section 8: malformed HTTP and over-long request targets.
+    # Beyond the documented codes: malformed HTTP and over-long request targets.
     BadRequest = "BadRequest"
     UriTooLong = "UriTooLong"
 

@@ -39,7 +39,7 @@ class IPublisher(Interface):
         Send C{message} on behalf of C{identity}.
 
         @return: a L{Deferred} that fires with a L{PublishResult} once the broker has
-            taken the message (SPEC section 7), or fails with a
+            taken the message, or fails with a
             L{gateway.errors.GatewayError} (503 when the broker is unreachable or
             silent past the publish timeout, the mapped status for a broker reason
             code). It never fires later than the publish timeout plus one second.

@@ -118,7 +118,7 @@ def retry_after(wait: float) -> int:
 
 class RateLimiter:
     """
-    The message rate limits of C{[limits]} (SPEC section 8): one bucket for the
+    The message rate limits of C{[limits]}: one bucket for the
     whole gateway (C{rate}/C{burst}) and one per client id
     (C{client_rate}/C{client_burst}); a rate of C{0} turns its limit off.
 

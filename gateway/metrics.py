@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-What C{GET /metrics} on the admin listener shows (SPEC section 9), in the
+What C{GET /metrics} on the admin listener shows, in the
 Prometheus text format.
 
 L{GatewayMetrics} keeps its own L{CollectorRegistry} (never prometheus-client's

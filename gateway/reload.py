@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_reload -*-
 """
 SIGHUP (C{systemctl reload}): read the configuration again and apply what can
-change while the daemon runs, without dropping a connection (SPEC section 10).
+change while the daemon runs, without dropping a connection.
 
 L{Reloader} re-reads the config file and has each part (a
 L{gateway.swappable.Swappable}) put it in force on its own:

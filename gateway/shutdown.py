@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_resilience -*-
 """
-Graceful shutdown (SPEC section 7): stop accepting, let the requests in flight
+Graceful shutdown: stop accepting, let the requests in flight
 finish, then close the broker sessions.
 
 Twisted's L{MultiService} stops all its children at once, so the broker session

@@ -1,5 +1,5 @@
 """
-The admin listener (SPEC section 9): /healthz, /readyz and /metrics for load
+The admin listener: /healthz, /readyz and /metrics for load
 balancers and Prometheus, and nothing else.
 """
 

@@ -1,5 +1,5 @@
 """
-API 2, Alibaba C{SendMessage} (SPEC section 5): what a request is read as, every
+API 2, Alibaba C{SendMessage}: what a request is read as, every
 error in Alibaba's shape, the official SDKs' real requests, and end to end: both
 SDKs (C{alibabacloud-onsmqtt20200420}, ACS3 and V2 signatures, and the older
 C{aliyun-python-sdk-onsmqtt}) over HTTP and HTTPS -> the gateway -> Mosquitto -> a

@@ -1,5 +1,5 @@
 """
-Alibaba request signatures (SPEC section 5): the canonical strings of both schemes
+Alibaba request signatures: the canonical strings of both schemes
 built from the recipe, agreement with the official SDKs' own signing code, and the
 refusals: wrong keys and secrets, tampering, clock skew, replays.
 """

@@ -1,5 +1,5 @@
 """
-HTTPS with device certificates (SPEC sections 3 and 6): real TLS handshakes with
+HTTPS with device certificates: real TLS handshakes with
 curl and Python's C{ssl} as clients against L{tls_factory} on a real port, and
 the one-line errors for unusable C{[tls]} files.
 """
@@ -311,8 +311,8 @@ class HTTPSTestCase(TestCase):
 
 class ALPNTests(HTTPSTestCase):
     """
-    HTTPS serves HTTP/1.0 and 1.1 alike, whatever ALPN the client offers
-    (SPEC section 6).
+     HTTPS serves HTTP/1.0 and 1.1 alike, whatever ALPN the client offers
+    .
     """
 
     async def test_seed_command(self) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.config}: the TOML keys of SPEC section 3, their defaults, and
+Tests for L{gateway.config}: the documented TOML keys, their defaults, and
 errors that name the key.
 """
 
@@ -38,8 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(os.path.dirname(HERE), "conf", "gateway.toml")
 BASE = os.path.abspath(os.sep + os.path.join("etc", "gw"))
 
-# The block of SPEC section 3, verbatim: the contract for key names and defaults.
-SPEC_BLOCK = """
+# The documented configuration block, verbatim: the contract for key names and defaults.
+CONTRACT_BLOCK = """
 [http]
 listen = ["tcp:8080:interface=127.0.0.1"]   # any Twisted server endpoint strings
 max_body = 262144                            # bytes; larger -> 413
@@ -92,7 +92,7 @@ def keys_of(document: dict[str, Any]) -> set[str]:
     return {f"{section}.{key}" for section, table in document.items() for key in table}
 
 
-SPEC_KEYS = keys_of(tomllib.loads(SPEC_BLOCK))
+CONTRACT_KEYS = keys_of(tomllib.loads(CONTRACT_BLOCK))
 
 
 def error(document: dict[str, Any], base_dir: str = BASE) -> str:
@@ -116,10 +116,10 @@ def write(directory: str, name: str, content: bytes) -> str:
 
 
 class DefaultsTests(SynchronousTestCase):
-    """With no file, or an empty one, every key has its SPEC section 3 default."""
+    """With no file, or an empty one, every key has its default."""
 
     def test_pinned(self) -> None:
-        """Each default is the value SPEC section 3 shows."""
+        """Each default is the value the documented block shows."""
         c = config.default()
         self.assertEqual(
             c.http,
@@ -199,10 +199,10 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_spec_block(self) -> None:
         """
-        The SPEC's own block parses to the defaults, except the example C{[tls]}
+        The documented block parses to the defaults, except the example C{[tls]}
         file names and that it names a broker.
         """
-        c = config.parse(tomllib.loads(SPEC_BLOCK), BASE)
+        c = config.parse(tomllib.loads(CONTRACT_BLOCK), BASE)
         d = config.default()
         tls = attrs.evolve(
             d.tls,
@@ -216,10 +216,10 @@ class DefaultsTests(SynchronousTestCase):
         self.assertFalse(c.embedded_broker)
 
     def test_spec_keys(self) -> None:
-        """The SPEC names exactly the eight sections and their keys."""
-        self.assertEqual(len(SPEC_KEYS), 34)
+        """The contract names exactly the eight sections and their keys."""
+        self.assertEqual(len(CONTRACT_KEYS), 34)
         self.assertEqual(
-            {k.split(".")[0] for k in SPEC_KEYS},
+            {k.split(".")[0] for k in CONTRACT_KEYS},
             {f.name for f in attrs.fields(Config)} - {"source"},
         )
 
@@ -241,9 +241,9 @@ class ExampleFileTests(SynchronousTestCase):
         self.assertEqual(c.auth.password_file, os.path.join(folder, "passwords"))
 
     def test_every_key(self) -> None:
-        """The example sets every key of SPEC section 3, and no other."""
+        """The example sets every documented key, and no other."""
         with open(EXAMPLE, "rb") as f:
-            self.assertEqual(keys_of(tomllib.load(f)), SPEC_KEYS)
+            self.assertEqual(keys_of(tomllib.load(f)), CONTRACT_KEYS)
 
     def test_every_key_commented(self) -> None:
         """Every key in the example has a comment right above it or beside it."""

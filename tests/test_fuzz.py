@@ -1,5 +1,5 @@
 """
-No input, however malformed, crashes the daemon or leaks a traceback (SPEC 8):
+No input, however malformed, crashes the daemon or leaks a traceback :
 generated requests against API 1 and the whole HTTP stack in memory, then
 thousands of malformed requests over real sockets against the real daemon.
 """
@@ -47,8 +47,8 @@ from tests.fakes import PublisherFake
 from tests.gateway import curl
 from tests.test_web_server import responses
 
-#: The error codes of SPEC section 8.
-SPEC_CODES = {
+#: The documented error codes.
+DOCUMENTED_CODES = {
     "InvalidPath",
     "InvalidTopic",
     "InvalidQoS",
@@ -235,7 +235,8 @@ class ResponseChecks:
     ) -> str | None:
         """
         A 200 with a message id and no body, or an error with the JSON body of
-        SPEC 8 and the headers its status needs. Returns the error code.
+        the documented error codes and the headers its status needs. Returns the
+        error code.
         """
         test: Any = self
         headers = {name.lower(): value for name, value in response.headers}
@@ -249,7 +250,7 @@ class ResponseChecks:
         body = json.loads(response.body)
         test.assertEqual(set(body), {"code", "message", "request_id"})
         code = body["code"]
-        test.assertIn(code, SPEC_CODES | extra_codes)
+        test.assertIn(code, DOCUMENTED_CODES | extra_codes)
         test.assertTrue(body["message"])
         test.assertNotIn("Traceback", body["message"])
         expected_status = Code(code).status
@@ -278,7 +279,7 @@ class TopicsAPIFuzzTests(SynchronousTestCase, ResponseChecks):
     ) -> None:
         """
         Whatever the request and whatever the broker answers, the response is a
-        200 with a message id or an error with a SPEC 8 code, its status and
+        200 with a message id or an error with a documented error code, its status and
         headers; only a message the broker took gets a 200, and a refused
         request publishes nothing.
         """
@@ -334,7 +335,7 @@ class HTTPStackFuzzTests(SynchronousTestCase, ResponseChecks):
     def test_bytes_to_responses(self, pieces: list[bytes], chunk: int) -> None:
         """
         Any bytes, in any chunks, through the HTTP server into API 1 and the core:
-        every response written parses and is well formed (SPEC 8 codes, plus
+        every response written parses and is well formed (documented error codes, plus
         BadRequest and UriTooLong for what the server cannot parse).
         """
         handler, _ = router()

@@ -1,5 +1,5 @@
 """
-HTTPS end to end (SPEC section 6): devices with certificates, curl as the client,
+HTTPS end to end: devices with certificates, curl as the client,
 the assembled gateway, a real Mosquitto and a paho subscriber.
 """
 

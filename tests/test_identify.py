@@ -1,5 +1,5 @@
 """
-Who may publish (SPEC section 6): certificates, Basic credentials with the
+Who may publish: certificates, Basic credentials with the
 effective-user rule, anonymous access, and limits on failed attempts.
 """
 

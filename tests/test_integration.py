@@ -118,7 +118,7 @@ class MQTT5DeliveryTests(GatewayTestCase):
         )
 
     async def test_properties(self) -> None:
-        """Every MQTT 5 property of SPEC 4 reaches the subscriber; the sender's user
+        """Every MQTT 5 property of API 1 reaches the subscriber; the sender's user
         properties keep their order and come before the gateway's."""
         result = await self.post(
             "a%2Fb",

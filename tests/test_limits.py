@@ -209,7 +209,7 @@ class RateLimiterTests(SynchronousTestCase):
         self.assertEqual(limiter.tracked_clients, 0)
 
     def test_defaults(self) -> None:
-        """SPEC 3's defaults: 1000 messages/s for the gateway, no client limit."""
+        """The defaults: 1000 messages/s for the gateway, no client limit."""
         limiter = RateLimiter(LimitsConfig())
         got = [self.passes(limiter, sender(str(n % 7)), 5.0) for n in range(1001)]
         self.assertEqual(got.count(0), 1000)

@@ -1,5 +1,5 @@
 """
-The metrics of C{GET /metrics} (SPEC section 9): what operators graph and alert
+The metrics of C{GET /metrics}: what operators graph and alert
 on, in the Prometheus text format.
 """
 

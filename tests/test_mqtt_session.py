@@ -1,5 +1,5 @@
 """
-The gateway's broker session (SPEC section 7), driven deterministically: a fake
+The gateway's broker session, driven deterministically: a fake
 broker answers over StringTransports and a Clock stands in for time.
 """
 
@@ -322,7 +322,7 @@ class DeliveryTests(SessionTestCase):
         self.successResultOf(d)
 
     def test_reason_codes(self) -> None:
-        """Broker refusals map to HTTP statuses (SPEC 7)."""
+        """Broker refusals map to HTTP statuses ."""
         self.start()
         broker = self.connected()
         cases = [

@@ -31,7 +31,7 @@ def b64(data: bytes) -> str:
 def pbkdf2_line(
     user: str, password: bytes, iterations: int = 101, salt: bytes | None = None
 ) -> str:
-    """A C{$7$} line as DESIGN.md describes it."""
+    """A C{$7$} line as mosquitto_passwd writes it."""
     salt = os.urandom(12) if salt is None else salt
     digest = _pbkdf2_hmac("sha512", password, salt, iterations, 64)
     return f"{user}:$7${iterations}${b64(salt)}${b64(digest)}"

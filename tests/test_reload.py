@@ -1,5 +1,5 @@
 """
-SIGHUP (C{systemctl reload}, SPEC section 10): the password file, ACL, TLS files
+SIGHUP (C{systemctl reload}): the password file, ACL, TLS files
 and limits are read again and put in force without dropping a connection; a bad
 new file is refused with one log line naming it and the old one stays in force;
 the access log is reopened after rotation.

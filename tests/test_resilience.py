@@ -1,5 +1,5 @@
 """
-Flow control and resilience (SPEC sections 7 and 8): the broker session's queue
+Flow control and resilience: the broker session's queue
 bounds, the graceful shutdown, broker failover and restarts.
 
 The first tests are deterministic (a fake broker, StringTransports, a Clock);

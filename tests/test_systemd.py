@@ -1,5 +1,5 @@
 """
-Running under systemd (SPEC section 10), tested without systemd: sd_notify
+Running under systemd, tested without systemd: sd_notify
 datagrams to a socket of the test's own, socket activation with a listening
 socket handed to twistd as systemd hands it over, the unit files checked by
 C{systemd-analyze verify}, and the README's openssl recipe for device

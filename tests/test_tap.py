@@ -197,7 +197,7 @@ class CommandLineTests(TestCase):
     timeout = 60
 
     async def test_help(self) -> None:
-        """--help documents every option of SPEC 2."""
+        """--help documents every documented option."""
         out, err, code = await getProcessOutputAndValue(
             TWISTD, ("mqtt-http-gateway", "--help"), env=os.environ
         )

@@ -1,6 +1,6 @@
 """
 The HTTP/1.x server protocol: parsing, ordering, limits, timeouts, failures and the
-access log (SPEC sections 8 and 10), over in-memory transports and a fake clock.
+access log, over in-memory transports and a fake clock.
 """
 
 from __future__ import annotations
@@ -1295,7 +1295,7 @@ class FailureTests(SynchronousTestCase):
 
 class AccessLogTests(SynchronousTestCase):
     def test_entry(self) -> None:
-        """One entry per response, with exactly the keys of SPEC section 10."""
+        """One entry per response, with exactly the access log keys."""
         answer = Deferring()
         c = Connection(Handler(answer), idle_timeout=1e10)
         c.clock.advance(1714564800.25)

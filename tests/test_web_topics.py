@@ -1,6 +1,6 @@
 """
 API 1 (C{POST /topics/{topic}}): what a request is read as, and what a client gets
-back for every kind of mistake (SPEC sections 4 and 8).
+back for every kind of mistake.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class ParsePublishTests(SynchronousTestCase):
         self.assertIsNone(asked.username)
 
     def test_every_parameter(self) -> None:
-        """Every SPEC 4 parameter lands in the message, user properties by N."""
+        """Every documented parameter lands in the message, user properties by N."""
         asked = parse_publish(
             request(
                 b"/topics/t?QOS=2&retained=TRUE&client_id=dev-1&username=u"

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_certs -*-
 """
-HTTPS with device certificates (SPEC sections 3 and 6).
+HTTPS with device certificates.
 
 L{load_server_options} turns the C{[tls]} files into one immutable set of server
 TLS settings; L{ReloadableServerTLS} hands new connections to the current set and

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_config -*-
 """
-The gateway's settings: a TOML file (SPEC section 3) turned into frozen values.
+The gateway's settings: a TOML file turned into frozen values.
 
 L{load} reads a file, L{parse} validates an already-decoded document, L{default} is
 what runs with no file at all, and L{Config.with_overrides} applies the command-line

@@ -53,7 +53,7 @@ def _section(name: str, table: Any, base_dir: str) -> Any:
 
 def parse(document: Mapping[str, Any], base_dir: str) -> Config:
     """
-    Validate a decoded TOML document (the layout of SPEC section 3).
+    Validate a decoded TOML document (the documented layout).
 
     Missing sections and keys take their defaults. Relative paths are resolved
     against C{base_dir} (the config file's folder) and made absolute; C{~} is
@@ -98,5 +98,5 @@ def load(path: str) -> Config:
 
 
 def default() -> Config:
-    """The settings with no config file: every key at its SPEC default."""
+    """The settings with no config file: every key at its default."""
     return Config()

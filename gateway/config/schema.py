@@ -188,7 +188,7 @@ def _access_keys(label: str, value: Any, base_dir: str) -> SecretMapping:
 
 _NON_NEGATIVE = _number(positive=False)
 
-# The schema of SPEC section 3: section -> (settings class, key -> converter).
+# The schema of the configuration file: section -> (settings class, key -> converter).
 # Section names are the fields of Config, key names the fields of each class.
 SCHEMA: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
     "http": (

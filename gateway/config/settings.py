@@ -140,7 +140,7 @@ class MQTTConfig:
 @attrs.frozen
 class AuthConfig:
     """
-    C{[auth]}: who may publish (SPEC section 6).
+    C{[auth]}: who may publish.
 
     @ivar mode: C{"gateway"} (the gateway checks passwords and the ACL) or
         C{"broker"} (the broker does, on a session per sender).
@@ -175,7 +175,7 @@ def _repr_access_keys(keys: Mapping[str, str]) -> str:
 @attrs.frozen
 class AliyunConfig:
     """
-    C{[aliyun]}: the Alibaba C{SendMessage} API (SPEC section 5).
+    C{[aliyun]}: the Alibaba C{SendMessage} API.
 
     @ivar access_keys: AccessKeyId -> AccessKeySecret; immutable, and C{repr} shows
         only the ids. Not empty when C{instance_id} is set.

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-The admin listener's request handler (SPEC section 9): health, readiness and
+The admin listener's request handler: health, readiness and
 metrics, for the same L{HTTPServerFactory} as the device-facing APIs but served
 only on C{[admin] listen}.
 
