@@ -9,17 +9,19 @@ get back a L{PublishResult} or a L{GatewayError}.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from gateway.auth.identify import Authenticator, Claim
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
-from gateway.model import Identity, Message, Proof, PublishResult
+from gateway.model import Identity, Message, PublishResult
+
+T = TypeVar("T")
 
 
 class TopicPolicy(Protocol):
@@ -85,28 +87,60 @@ class Gateway:
         if limiter is not None:
             limiter.check(identity, self._clock.seconds())
 
-    def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
+    def submit(self, claim: Claim, message: Message) -> Deferred[PublishResult]:
         """
-        Authorize C{message} for an identified sender, count it against the rate
-        limits and send it.
+        The front door of every API: identify the sender of C{claim}, then
+        L{publish} C{message} for it.
 
         @return: fires with the broker's L{PublishResult}, or fails with a
-            L{GatewayError}; nothing reaches the broker when authorization or the
-            rate limits refuse it (and a refused message uses up no rate).
+            L{GatewayError} (see L{identify} and L{publish}).
         """
+        try:
+            identity = self.identify(claim)
+        except GatewayError as e:
+            return fail(e)
+        return self.publish(identity, message)
+
+    def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
+        """
+        L{submit} for a sender identified already: one request of one message.
+        """
+        (sent,) = self.publish_each(identity, [message])
+        return sent
+
+    def publish_each(
+        self, identity: Identity, messages: list[Message]
+    ) -> list[Deferred[PublishResult]]:
+        """
+        Authorize each message of one request of a sender identified once (by
+        L{identify}), count it against the rate limits and send it.
+
+        @return: for each message, a L{Deferred} that fires with the broker's
+            L{PublishResult} or fails with a L{GatewayError}; nothing reaches the
+            broker when authorization or the rate limits refuse a message (and a
+            refused message uses up no rate). In broker mode the broker's refusal
+            of the password counts once for the request, however many of its
+            messages it refuses.
+        """
+        refused = self.authenticator.refusal_counter(identity, self._clock.seconds)
+        sent = [self._send(identity, message) for message in messages]
+        if refused is not None:
+            for d in sent:
+                d.addErrback(refused)
+        return sent
+
+    def _send(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
         try:
             self.authorize(identity, message)
             self.limit(identity)
-            sent = self.publisher.publish(message, identity)
+            return self.publisher.publish(message, identity)
         except GatewayError as e:
             return fail(e)
-        if identity.proof is Proof.PASSWORD and not self.authenticator.check_passwords:
-            sent.addErrback(self._count_refused_password, identity)
-        return sent
 
-    def _count_refused_password(self, failure: Failure, identity: Identity) -> Failure:
-        # Broker mode: the broker checked the password; its refusals count against
-        # the sender's address like the gateway's own.
-        if isinstance(failure.value, GatewayError) and failure.value.status == 401:
-            self.authenticator.record_failure(identity.peer, self._clock.seconds())
-        return failure
+    def attempt(self, peer: str, now: float, check: Callable[[], T]) -> T:
+        """
+        An API's own authentication of C{peer} at C{now} (e.g. a signature):
+        refused while the address has failed too often, counted when it fails
+        (see L{Authenticator.attempt}).
+        """
+        return self.authenticator.attempt(peer, now, check)

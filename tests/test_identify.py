@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import base64
 
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.auth.identify import Authenticator, Claim, parse_basic
+from gateway.auth.identify import Authenticator, Claim, parse_basic, unauthorized
+from gateway.core import Gateway
 from gateway.errors import REALM, Code, GatewayError
-from gateway.model import Identity, Proof
+from gateway.model import Identity, Message, Proof
 
 
 class Passwords:
@@ -139,6 +142,42 @@ class AuthenticatorTests(SynchronousTestCase):
             Claim(basic=("user0", b"secret0"), peer="10.0.0.9:3"), 10
         )
 
+    def test_access_key(self) -> None:
+        """A verified AccessKeyId is client id and user name, ACCESS_KEY proof,
+        its secret the password (for broker mode)."""
+        identity = self.auth.authenticate(
+            Claim(access_key=("LTAI5t", b"s3cret"), connection_id="c1", peer="p:1"), 0
+        )
+        self.assertEqual(
+            identity,
+            Identity("LTAI5t", "LTAI5t", Proof.ACCESS_KEY, "p:1", b"s3cret", "c1"),
+        )
+
+    def test_attempt(self) -> None:
+        """An API's own check counts its failures like wrong passwords, except
+        those it says are not failed authentications; five, then 429."""
+
+        class Clockless(GatewayError):
+            failed_authentication = False
+
+        def fails(error: GatewayError) -> None:
+            raise error
+
+        peer = "10.0.0.7:1"
+        self.assertEqual(self.auth.attempt(peer, 0, lambda: "key"), "key")
+        for _ in range(3):
+            with self.assertRaises(Clockless):
+                self.auth.attempt(
+                    peer, 0, lambda: fails(Clockless(Code.Unauthorized, "clock"))
+                )
+        for _ in range(5):
+            with self.assertRaises(GatewayError) as e:
+                self.auth.attempt(peer, 0, lambda: fails(unauthorized("no")))
+            self.assertEqual(e.exception.status, 401)
+        with self.assertRaises(GatewayError) as e:
+            self.auth.attempt(peer, 0, lambda: "key")
+        self.assertEqual(e.exception.status, 429)
+
     def test_broker_checks_passwords(self) -> None:
         """In broker mode the password is passed on unchecked."""
         auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
@@ -146,31 +185,46 @@ class AuthenticatorTests(SynchronousTestCase):
         self.assertEqual((identity.username, identity.password), ("bob", b"pw"))
 
 
+class Refusing:
+    """A broker that refuses every password."""
+
+    connected = True
+
+    def publish(self, message: Message, identity: Identity) -> Deferred[None]:
+        return fail(GatewayError(Code.Unauthorized, "bad password"))
+
+    def connection_closed(self, connection_id: str) -> None:
+        pass
+
+
 class BrokerModeFailureTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
+        self.core = Gateway(Refusing(), auth, Clock())  # type: ignore[arg-type]
+        self.claim = Claim(basic=("bob", b"guess"), peer="10.0.0.5:1")
+
+    def assertGuarded(self) -> None:
+        with self.assertRaises(GatewayError) as e:
+            self.core.identify(self.claim)
+        self.assertEqual(e.exception.status, 429)
+
     def test_broker_refusals_count(self) -> None:
         """In broker mode the broker's 401s count as failed authentications of the
         sender's address: after five, the gateway answers 429 itself."""
-        from twisted.internet.defer import Deferred, fail
-        from twisted.internet.task import Clock
-
-        from gateway.core import Gateway
-        from gateway.model import Message
-
-        class Refusing:
-            connected = True
-
-            def publish(self, message: Message, identity: Identity) -> Deferred[None]:
-                return fail(GatewayError(Code.Unauthorized, "bad password"))
-
-            def connection_closed(self, connection_id: str) -> None:
-                pass
-
-        auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
-        core = Gateway(Refusing(), auth, Clock())  # type: ignore[arg-type]
-        claim = Claim(basic=("bob", b"guess"), peer="10.0.0.5:1")
         for _ in range(5):
-            d = core.publish(core.identify(claim), Message("t", b""))
+            d = self.core.publish(self.core.identify(self.claim), Message("t", b""))
             self.failureResultOf(d, GatewayError)
-        with self.assertRaises(GatewayError) as e:
-            core.identify(claim)
-        self.assertEqual(e.exception.status, 429)
+        self.assertGuarded()
+
+    def test_batch_counts_once(self) -> None:
+        """A request of five messages the broker refuses is one failed
+        authentication, not five: four more requests are refused by the broker
+        before the gateway answers 429."""
+        identity = self.core.identify(self.claim)
+        batch = self.core.publish_each(identity, [Message("t", b"")] * 5)
+        for d in batch:
+            self.failureResultOf(d, GatewayError)
+        for _ in range(4):
+            d = self.core.submit(self.claim, Message("t", b""))
+            self.assertEqual(self.failureResultOf(d, GatewayError).value.status, 401)
+        self.assertGuarded()

@@ -529,3 +529,25 @@ class EMQXAPITests(SynchronousTestCase):
         """Other /api/v5 paths are not served: API 1's 400 InvalidPath."""
         response = self.answer(request(b"/api/v5/clients", {}))
         self.assertEqual(self.assertJSON(response, 400)["code"], "InvalidPath")
+
+
+class BrokerModeBulkTests(SynchronousTestCase):
+    def test_refused_batch_is_one_failed_login(self) -> None:
+        """In broker mode a bulk request of five messages whose password the
+        broker refuses uses up one failed login of the address, not all five:
+        the next request still reaches the broker."""
+        publisher = TopicPublisher()
+        core = Gateway(
+            publisher,
+            Authenticator(None, allow_anonymous=False, check_passwords=False),
+            Clock(),
+        )
+        api = EMQXAPI(core, max_batch=5)
+        items = [{"topic": f"refused/{i}", "payload": ""} for i in range(5)]
+        d = api.handle(request(b"/api/v5/publish/bulk", items))
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.successResultOf(d).status, 403)  # not_authorized
+        self.assertEqual(len(publisher.calls), 5)
+        d = api.handle(request(b"/api/v5/publish", {"topic": "t/1", "payload": ""}))
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.successResultOf(d).status, 200)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import attrs
+from twisted.python.failure import Failure
 
 from gateway.errors import Code, GatewayError
 from gateway.limits import KeyedBuckets, retry_after
 from gateway.model import Connection, Identity, Proof
 from gateway.mqtt.strings import string_problem
+
+T = TypeVar("T")
 
 
 class PasswordChecker(Protocol):
@@ -31,6 +35,8 @@ class Claim:
     What a request presents about its sender.
 
     @ivar basic: the user name and password of an C{Authorization: Basic} header.
+    @ivar access_key: an AccessKeyId whose signature the API has verified, and its
+        secret (the password of broker mode).
     @ivar certificate_cn: the subject CN of a verified client certificate.
     @ivar client_id: the C{client_id} parameter.
     @ivar username: the C{username} parameter.
@@ -41,6 +47,7 @@ class Claim:
     """
 
     basic: tuple[str, bytes] | None = attrs.field(default=None, repr=False)
+    access_key: tuple[str, bytes] | None = attrs.field(default=None, repr=False)
     certificate_cn: str | None = None
     client_id: str | None = None
     username: str | None = None
@@ -112,7 +119,9 @@ def _host(peer: str) -> str:
 
 class Authenticator:
     """
-    Turns a L{Claim} into an L{Identity}, or refuses it.
+    Turns a L{Claim} into an L{Identity}, or refuses it; the one keeper of failed
+    authentications per source address (its own, an API's signature checks through
+    L{attempt}, the broker's in broker mode through L{refusal_counter}).
 
     @ivar passwords: the current password file (swappable), or C{None}.
     @ivar check_passwords: C{False} in broker mode, where the broker checks them.
@@ -143,6 +152,11 @@ class Authenticator:
             certificate holder claiming another client id or user, 429 when the
             source address has failed too often.
         """
+        if claim.access_key is not None:
+            key, secret = claim.access_key
+            return claim.identity(
+                client_id=key, username=key, proof=Proof.ACCESS_KEY, password=secret
+            )
         if claim.certificate_cn is not None:
             return self._certificate(claim)
         if claim.basic is not None:
@@ -169,6 +183,47 @@ class Authenticator:
                 )
         return claim.identity(client_id=cn, username=cn, proof=Proof.CERTIFICATE)
 
+    def attempt(self, peer: str, now: float, check: Callable[[], T]) -> T:
+        """
+        Run C{check}, an authentication of C{peer}, unless its address has failed
+        too often; a C{GatewayError} it raises counts as a failed authentication
+        unless its C{failed_authentication} is false (e.g. a wrong clock).
+
+        @return: what C{check} returns.
+        @raise GatewayError: 429 while the address has failed too often, or what
+            C{check} raises.
+        """
+        self.guard(peer, now)
+        try:
+            return check()
+        except GatewayError as e:
+            if getattr(e, "failed_authentication", True):
+                self.record_failure(peer, now)
+            raise
+
+    def refusal_counter(
+        self, identity: Identity, clock: Callable[[], float]
+    ) -> Callable[[Failure], Failure] | None:
+        """
+        An errback for every message of one request of C{identity}: in broker mode
+        the broker checks passwords, and its first 401 for the request counts as
+        one failed authentication of the sender's address (however many of the
+        request's messages it refuses); C{None} when the gateway checks them.
+        """
+        if identity.proof is not Proof.PASSWORD or self.check_passwords:
+            return None
+        counted = False
+
+        def count(failure: Failure) -> Failure:
+            nonlocal counted
+            error = failure.value
+            if not counted and isinstance(error, GatewayError) and error.status == 401:
+                counted = True
+                self.record_failure(identity.peer, clock())
+            return failure
+
+        return count
+
     def guard(self, peer: str, now: float) -> None:
         """
         Refuse an address that has failed to authenticate too often.
@@ -191,12 +246,13 @@ class Authenticator:
         assert claim.basic is not None
         basic_user, password = claim.basic
         user = claim.username if claim.username is not None else basic_user
-        # In broker mode the broker checks the password; its refusals are counted
-        # by the core (see Gateway.publish).
-        self.guard(claim.peer, now)
+        # In broker mode the broker checks the password; the core reports its
+        # refusals (see refusal_counter).
+        self.attempt(claim.peer, now, lambda: self._verify(user, password))
+        return claim.identity(username=user, proof=Proof.PASSWORD, password=password)
+
+    def _verify(self, user: str, password: bytes) -> None:
         if self.check_passwords and (
             self.passwords is None or not self.passwords.verify(user, password)
         ):
-            self.record_failure(claim.peer, now)
             raise unauthorized("wrong user name or password")
-        return claim.identity(username=user, proof=Proof.PASSWORD, password=password)

@@ -7,7 +7,7 @@ The SDKs send C{POST /} with every parameter in the query string and an empty bo
 signed with ACS3-HMAC-SHA256 (the action then in C{x-acs-action}) or with the
 HMAC-SHA1 scheme (C{Action} among the parameters). L{parse_send_message} reads the
 parameters without I/O, L{gateway.auth.aliyun_signature} checks the signature, and
-L{AliyunAPI} hands an L{Identity} (the AccessKeyId) and a L{Message} to the same
+L{AliyunAPI} hands a L{Claim} (the verified AccessKeyId) and a L{Message} to the same
 core as API 1, then answers C{{"MsgId", "RequestId"}} or Alibaba's error shape
 (L{error_response}, the one place errors of this API are rendered).
 
@@ -37,10 +37,11 @@ from gateway.auth.aliyun_signature import (
     SignedRequest,
     Verifier,
 )
+from gateway.auth.identify import Claim
 from gateway.config import AliyunConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
-from gateway.model import Identity, Message, Proof, PublishResult
+from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, topic_problem
 from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 
@@ -383,13 +384,13 @@ class AliyunAPI:
                 )
         except GatewayError as e:
             return error_response(e, log)
-        identity = Identity(
-            client_id=access_key_id,
-            username=access_key_id,
-            proof=Proof.ACCESS_KEY,
+        claim = Claim(
+            # The secret is for broker mode, where the broker authenticates the key.
+            access_key=(
+                access_key_id,
+                self.config.access_keys[access_key_id].encode("utf-8"),
+            ),
             peer=request.peer,
-            # For broker mode, where the broker authenticates the AccessKeyId.
-            password=self.config.access_keys[access_key_id].encode("utf-8"),
             connection_id=request.connection_id,
             keep_alive=request.keep_alive,
             connection=request.connection,
@@ -411,7 +412,7 @@ class AliyunAPI:
             failure.trap(GatewayError)
             return error_response(failure.value, log)
 
-        return self.core.publish(identity, message).addCallbacks(done, failed)
+        return self.core.submit(claim, message).addCallbacks(done, failed)
 
     def authenticate(self, request: SignedRequest, peer: str) -> str:
         """
@@ -423,14 +424,7 @@ class AliyunAPI:
         @raise GatewayError: 429 while that address has failed too often.
         """
         now = self._clock.seconds()
-        guard = self.core.authenticator
-        guard.guard(peer, now)
-        try:
-            return self.verifier.verify(request, now)
-        except SignatureError as e:
-            if e.failed_authentication:
-                guard.record_failure(peer, now)
-            raise
+        return self.core.attempt(peer, now, lambda: self.verifier.verify(request, now))
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error the HTTP server found before this adapter ran."""

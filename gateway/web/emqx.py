@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.claims import request_claim
 from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
@@ -425,6 +425,11 @@ def single_response(result: ItemResult, log: AccessLogFields) -> HTTPResponse:
     )
 
 
+def _failed_item(failure: Any) -> ItemResult:
+    failure.trap(GatewayError)
+    return item_result(failure.value)
+
+
 class EMQXAPI:
     """
     The adapter of API 3: request in, response out, the core in between.
@@ -460,17 +465,14 @@ class EMQXAPI:
         log = AccessLogFields(
             api=API.EMQX, client_id=identity.client_id, user=identity.username
         )
+        # Identified once for the request, whose messages are sent each on its own.
+        published = [
+            d.addCallbacks(item_result, _failed_item)
+            for d in self.core.publish_each(identity, messages)
+        ]
         if not bulk:
-            return self._publish(identity, messages[0]).addCallback(self._single, log)
-        published = [self._publish(identity, message) for message in messages]
+            return published[0].addCallback(self._single, log)
         return gatherResults(published).addCallback(batch_response, log)
-
-    def _publish(self, identity: Identity, message: Message) -> Deferred[ItemResult]:
-        def failed(failure: Any) -> ItemResult:
-            failure.trap(GatewayError)
-            return item_result(failure.value)
-
-        return self.core.publish(identity, message).addCallbacks(item_result, failed)
 
     @staticmethod
     def _single(result: ItemResult, log: AccessLogFields) -> HTTPResponse:
