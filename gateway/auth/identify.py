@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_identify -*-
 """
-Who sent a request (SPEC section 6): a verified client certificate, HTTP Basic
+Who sent a request: a verified client certificate, HTTP Basic
 credentials checked against a mosquitto password file, or nobody.
 """
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_aliyun -*-
 """
 API 2: Alibaba Cloud ApsaraMQ for MQTT C{SendMessage} (OnsMqtt 2020-04-20, OpenAPI
-RPC style), answered as the official SDKs expect it (SPEC section 5).
+RPC style), answered as the official SDKs expect it.
 
 The SDKs send C{POST /} with every parameter in the query string and an empty body,
 signed with ACS3-HMAC-SHA256 (the action then in C{x-acs-action}) or with the
@@ -14,7 +14,7 @@ core as API 1, then answers C{{"MsgId", "RequestId"}} or Alibaba's error shape
 C{SendMessage} has no QoS or retain parameter. The message is published with QoS 1,
 not retained: ApsaraMQ answers with a C{MsgId} once it has stored the message,
 which is what a QoS 1 PUBACK promises, and a 200 here likewise means the broker
-has acknowledged it (SPEC section 7).
+has acknowledged it.
 """
 
 from __future__ import annotations

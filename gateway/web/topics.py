@@ -186,7 +186,7 @@ def _user_properties(
 
 def parse_publish(request: HTTPRequest) -> PublishRequest:
     """
-    Read a C{POST /topics/...} request (SPEC section 4) into a L{PublishRequest}.
+    Read a C{POST /topics/...} request into a L{PublishRequest}.
 
     Parameters come from the query string only, names matched case-insensitively;
     the body is the payload byte for byte.
