@@ -147,11 +147,7 @@ class WedgeTests(SessionTestCase):
         limit is taken as learned (413), and messages as large are refused at
         once from then on while smaller ones flow."""
         self.start(protocol="3.1.1")
-        wipe = FakeBroker(self.endpoints[0])
-        wipe.accept()
-        wipe.drop()
-        broker = FakeBroker(self.endpoints[0])
-        broker.accept()
+        broker = self.connected_311()
         small = self.publish()
         broker.received()
         broker.send(codec.PubAck(1))
@@ -230,11 +226,7 @@ class GrantedQoSTests(SessionTestCase):
         at most: that request is 400 InvalidQoS (exactly once was not promised),
         later QoS 2 requests are refused before sending, QoS 1 still flows."""
         self.start(protocol="3.1.1")
-        wipe = FakeBroker(self.endpoints[0])
-        wipe.accept()
-        wipe.drop()
-        broker = FakeBroker(self.endpoints[0])
-        broker.accept()
+        broker = self.connected_311()
         d = self.publish(qos=2)
         broker.received()
         broker.send(codec.PubAck(1))

@@ -122,6 +122,16 @@ class SessionTestCase(SynchronousTestCase):
         self.requests.append(d)
         return d
 
+    def connected_311(self) -> FakeBroker:
+        """Answer the first MQTT 3.1.1 session's two CONNECTs (clean, to wipe
+        what an earlier process left; then the one the broker keeps)."""
+        wipe = FakeBroker(self.endpoints[0])
+        wipe.accept()
+        wipe.drop()
+        broker = FakeBroker(self.endpoints[0])
+        broker.accept()
+        return broker
+
     def connected(self, index: int = 0, **properties: Any) -> FakeBroker:
         broker = FakeBroker(self.endpoints[index])
         broker.accept(**properties)

@@ -74,3 +74,11 @@ class PublishFailed(Exception):
 def unavailable(message: str, retry_after: int = 1) -> PublishFailed:
     """No session can take the message now (a 503 to HTTP clients)."""
     return PublishFailed(Outcome.UNAVAILABLE, message, retry_after=retry_after)
+
+
+def broker_busy(connack_code: int, protocol_level: int) -> bool:
+    """Whether a CONNACK refusal says the broker is unavailable or busy (worth
+    trying the next broker) rather than refusing the client itself."""
+    if protocol_level == 4 or connack_code < 0x80:
+        return connack_code == 3  # 3.1.1: server unavailable
+    return connack_code in (0x88, 0x89)  # MQTT 5: unavailable, busy

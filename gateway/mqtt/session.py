@@ -31,7 +31,7 @@ from gateway.clock import default_clock
 from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.connector import Broker, SessionSettings, connect
-from gateway.mqtt.outcomes import Outcome, PublishFailed, unavailable
+from gateway.mqtt.outcomes import Outcome, PublishFailed, broker_busy, unavailable
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
 from gateway.mqtt.window import BrokerLimits, Learned, Pending, Window
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
@@ -477,7 +477,7 @@ class OneShotSession(BrokerSession):
                 reason_code=why.reason_code,
                 protocol_level=why.protocol_level,
             )
-            unavailable_broker = why.reason_code in (0x88, 0x89, 3)
+            unavailable_broker = broker_busy(why.reason_code, why.protocol_level)
         else:
             reason = unavailable("no MQTT broker is reachable")
             unavailable_broker = True
