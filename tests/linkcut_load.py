@@ -106,19 +106,27 @@ def run_under_cuts(
     duration: float | None = None,
     reactor: Any = None,
     qos_of: Callable[[int], int] = lambda n: 1 + n % 2,
+    until: Callable[[], bool] | None = None,
+    most: int | None = None,
 ) -> Deferred[Outcome]:
     """
     POST C{count} numbered messages to C{url}C{/topics/{prefix}/{n}?qos=..} from
     C{clients} concurrent persistent HTTP connections (or fewer, when
     C{duration} seconds pass first); fires with the L{Outcome} (statuses and
     timings; call L{Outcome.record} with what arrived).
+
+    With C{until}, C{count} is a minimum: sending goes on until C{until()} is
+    true (or C{most} messages, default ten times C{count}, were sent), so a
+    load that must span some event does not end before the event on a fast
+    machine.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     outcome = Outcome()
-    numbers = iter(range(count))
+    limit = count if until is None else (most if most is not None else 10 * count)
+    numbers = iter(range(limit))
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = clients
     agent = Agent(reactor, pool=pool)
@@ -127,6 +135,8 @@ def run_under_cuts(
     async def client() -> None:
         for n in numbers:
             if deadline is not None and reactor.seconds() > deadline:
+                return
+            if until is not None and n >= count and until():
                 return
             qos = qos_of(n)
             outcome.qos[n] = qos
