@@ -73,8 +73,10 @@ class AccessLog(Service):
 
     def __call__(self, record: AccessRecord | Mapping[str, object]) -> None:
         """Log one request: its record, or any JSON object as given."""
-        fields = record.as_dict() if isinstance(record, AccessRecord) else record
-        line = json.dumps(fields, separators=(", ", ": "))
+        if isinstance(record, AccessRecord):
+            line = record.as_json()
+        else:
+            line = json.dumps(record, separators=(", ", ": "))
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_SIZE and self._stream is not None:

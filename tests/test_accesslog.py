@@ -9,6 +9,8 @@ import json
 import os
 import tempfile
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -93,3 +95,29 @@ class AccessLogServiceTests(SynchronousTestCase):
             self.assertEqual(
                 [json.loads(x) for x in f], [RECORD, dict(RECORD, status=400)]
             )
+
+
+class RecordLineTests(SynchronousTestCase):
+    """L{AccessRecord.as_json} writes what C{json.dumps} writes of L{as_dict}."""
+
+    @given(
+        st.builds(
+            AccessRecord,
+            time=st.text(),
+            peer=st.text(),
+            method=st.text(),
+            path=st.text(),
+            http_version=st.text(),
+            status=st.integers(),
+            bytes=st.integers(min_value=0),
+            duration_ms=st.floats() | st.integers(),
+            client_id=st.none() | st.text(),
+            user=st.none() | st.text(),
+            message_id=st.none() | st.text(),
+        )
+    )
+    def test_same_as_json_dumps(self, record: AccessRecord) -> None:
+        self.assertEqual(
+            record.as_json(), json.dumps(record.as_dict(), separators=(", ", ": "))
+        )
+        self.assertEqual(json.loads(record.as_json())["path"], record.path)

@@ -205,13 +205,28 @@ def _binary(value: bytes) -> bytes:
     return _U16.pack(len(value)) + value
 
 
+# Encoded short strings: topics, property names and client ids come again and
+# again, and checking and encoding one costs more than finding it here.
+_ENCODED: dict[str, bytes] = {}
+_ENCODED_MAX = 4096  # entries, each of a string of at most _ENCODED_LENGTH
+_ENCODED_LENGTH = 256
+
+
 def _string(value: str) -> bytes:
+    encoded = _ENCODED.get(value)
+    if encoded is not None:
+        return encoded
     # Strict brokers close the connection on such a string: never write one.
     problem = string_problem(value)
     if problem is not None:
         raise ValueError(f"The MQTT string {value[:40]!r}... {problem}.")
     data = value.encode()
-    return _U16.pack(len(data)) + data
+    encoded = _U16.pack(len(data)) + data
+    if len(value) <= _ENCODED_LENGTH:
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[value] = encoded
+    return encoded
 
 
 def _pair(value: tuple[str, str]) -> bytes:

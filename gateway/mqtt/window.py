@@ -465,6 +465,9 @@ class Window:
         if self.level is None:
             self._drain.waiting(bool(self._queue), now)
             return []
+        if not self._queue and self._careful is None:
+            self._drain.waiting(False, now)
+            return []  # the common case after an acknowledgement
         out: list[bytes] = []
         if self._careful is not None:
             self._send_suspects(out, now)

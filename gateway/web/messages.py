@@ -9,6 +9,8 @@ parses the bytes and of the transport (plain TCP or TLS) under it.
 from __future__ import annotations
 
 import enum
+import math
+from json.encoder import encode_basestring_ascii as _quote  # type: ignore[attr-defined]
 from typing import Any
 
 import attrs
@@ -134,3 +136,30 @@ class AccessRecord:
             "user": self.user,
             "message_id": self.message_id,
         }
+
+    def as_json(self) -> str:
+        """
+        L{as_dict} as one JSON line, exactly as C{json.dumps(record.as_dict(),
+        separators=(", ", ": "))} writes it, without building the dict: this runs
+        once per request.
+        """
+        return (
+            f'{{"time": {_quote(self.time)}, "peer": {_quote(self.peer)}, '
+            f'"method": {_quote(self.method)}, "path": {_quote(self.path)}, '
+            f'"http_version": {_quote(self.http_version)}, "status": {self.status!r}, '
+            f'"bytes": {self.bytes!r}, "duration_ms": {_number(self.duration_ms)}, '
+            f'"client_id": {_optional(self.client_id)}, '
+            f'"user": {_optional(self.user)}, '
+            f'"message_id": {_optional(self.message_id)}}}'
+        )
+
+
+def _optional(text: str | None) -> str:
+    return "null" if text is None else _quote(text)
+
+
+def _number(value: float) -> str:
+    # What json.dumps writes for an int or a float (NaN and infinities included).
+    if isinstance(value, int) or math.isfinite(value):
+        return repr(value)
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

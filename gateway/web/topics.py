@@ -59,6 +59,12 @@ def _decode(raw: bytes, what: str, code: Code = Code.InvalidParameter) -> str:
     return text
 
 
+# Topics of recent paths: a device posts to the same few paths again and again.
+_TOPICS: dict[bytes, str] = {}
+_TOPICS_MAX = 4096
+_TOPIC_PATH_LENGTH = 256
+
+
 def parse_topic(path: bytes) -> str:
     """
     The topic named by a C{/topics/...} path: percent-decoded UTF-8 that
@@ -67,6 +73,17 @@ def parse_topic(path: bytes) -> str:
 
     @raise GatewayError: C{InvalidTopic}.
     """
+    topic = _TOPICS.get(path)
+    if topic is None:
+        topic = _parse_topic(path)
+        if len(path) <= _TOPIC_PATH_LENGTH:
+            if len(_TOPICS) >= _TOPICS_MAX:
+                _TOPICS.clear()
+            _TOPICS[path] = topic
+    return topic
+
+
+def _parse_topic(path: bytes) -> str:
     try:
         topic = unquote_to_bytes(path[len(TOPICS_PREFIX) :]).decode("utf-8")
     except UnicodeDecodeError:
