@@ -1,0 +1,64 @@
+# -*- test-case-name: tests.test_mqtt_codec -*-
+"""
+MQTT 3.1.1 (protocol level 4) and MQTT 5 (level 5) packets as values, without I/O.
+
+L{encode} turns a packet into bytes; a L{Decoder} turns a byte stream back into
+packets. Only the packets a publishing client and a broker exchange are supported:
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK and AUTH are rejected.
+
+The package's modules each hold one part: L{packets} the values, L{fields} the
+primitive fields, L{properties} the MQTT 5 property table, L{encoding} and
+L{decoding} the two directions. This module is their public interface.
+"""
+
+from gateway.mqtt.codec.decoding import Decoder
+from gateway.mqtt.codec.encoding import (
+    as_duplicate,
+    encode,
+    encode_message,
+    message_properties,
+)
+from gateway.mqtt.codec.packets import (
+    MQTT_3_1_1,
+    MQTT_5,
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Disconnect,
+    MalformedPacket,
+    Packet,
+    PingReq,
+    PingResp,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Will,
+)
+
+__all__ = [
+    "MQTT_3_1_1",
+    "MQTT_5",
+    "NO_PROPERTIES",
+    "Connack",
+    "Connect",
+    "Decoder",
+    "Disconnect",
+    "MalformedPacket",
+    "Packet",
+    "PingReq",
+    "PingResp",
+    "Properties",
+    "PubAck",
+    "PubComp",
+    "PubRec",
+    "PubRel",
+    "Publish",
+    "Will",
+    "as_duplicate",
+    "encode",
+    "encode_message",
+    "message_properties",
+]
