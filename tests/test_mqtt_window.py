@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.model import Message
 from gateway.mqtt import codec
 from gateway.mqtt.outcomes import Outcome, PublishFailed
-from gateway.mqtt.window import BrokerLimits, Learned, Pending, Window
+from gateway.mqtt.pending import BrokerLimits, Learned, Pending
+from gateway.mqtt.window import Window
 
 
 def decode(chunks: list[bytes], level: int = codec.MQTT_5) -> list[codec.Packet]:

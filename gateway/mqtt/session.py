@@ -32,8 +32,9 @@ from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.connector import Broker, SessionSettings, connect
 from gateway.mqtt.outcomes import Outcome, PublishFailed, broker_busy, unavailable
+from gateway.mqtt.pending import BrokerLimits, Learned, Pending
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
-from gateway.mqtt.window import BrokerLimits, Learned, Pending, Window
+from gateway.mqtt.window import Window
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
 __all__ = [
