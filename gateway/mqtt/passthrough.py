@@ -30,9 +30,10 @@ from gateway.clock import default_clock
 from gateway.errors import Code, GatewayError, broker_unavailable
 from gateway.interfaces import IPublisher
 from gateway.model import Connection, Identity, Message, PublishResult
+from gateway.mqtt.oneshot import OneShotSession
 from gateway.mqtt.outcomes import Outcome, PublishFailed
 from gateway.mqtt.publisher import as_gateway_error
-from gateway.mqtt.session import Broker, BrokerSession, OneShotSession, SessionSettings
+from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
 

@@ -9,9 +9,7 @@ in-flight window (L{gateway.mqtt.window}, a pure state machine): it writes what
 the window says to write, hands it the broker's answers, and keeps the one timer
 the window's deadlines need. Every caller hears back within the publish timeout.
 
-L{OneShotSession} is one sender's session in broker mode: a single connection (the
-next broker tried only while none answers), whose refusal or loss fails every
-waiting message and ends the session.
+Broker mode's one-shot sessions are in L{gateway.mqtt.oneshot}.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,9 +28,9 @@ from gateway.clock import default_clock
 from gateway.model import Message, PublishResult, new_message_id
 from gateway.mqtt import codec
 from gateway.mqtt.connector import Broker, SessionSettings, connect
-from gateway.mqtt.outcomes import Outcome, PublishFailed, broker_busy, unavailable
+from gateway.mqtt.outcomes import PublishFailed, unavailable
 from gateway.mqtt.pending import BrokerLimits, Learned, Pending
-from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
+from gateway.mqtt.protocol import MQTTClientProtocol
 from gateway.mqtt.window import Window
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
@@ -41,7 +38,6 @@ __all__ = [
     "Broker",
     "BrokerLimits",
     "BrokerSession",
-    "OneShotSession",
     "SessionSettings",
 ]
 
@@ -183,7 +179,8 @@ class BrokerSession(Service):
         """
         Fires once the session is over for good and will not connect again: with
         C{None} when L{stopService} ended it, or with what every waiting message
-        failed with when the session could not go on (L{OneShotSession}).
+        failed with when the session could not go on (a one-shot session of
+        L{gateway.mqtt.oneshot}).
         """
         if self._ended:
             return succeed(self._end_reason)
@@ -438,61 +435,3 @@ class BrokerSession(Service):
     def _cancel(call: IDelayedCall | None) -> None:
         if call is not None and call.active():
             call.cancel()
-
-
-class OneShotSession(BrokerSession):
-    """
-    One sender's session in broker mode: it starts clean, ends with its
-    connection, and logs nothing of its own (such sessions come and go with every
-    HTTP/1.0 request; their outcome is in the HTTP answers).
-
-    A broker that cannot be reached (or says it is unavailable) passes the session
-    to the next one not yet tried; any other refusal, the last broker's failure
-    or a lost connection ends the session: L{when_ended} fires with the
-    L{PublishFailed} every waiting message failed with (C{CONNECT_REFUSED} with
-    the CONNACK code, or C{UNAVAILABLE}).
-    """
-
-    def __init__(
-        self,
-        brokers: Sequence[Broker],
-        settings: SessionSettings,
-        **kw: object,
-    ) -> None:
-        super().__init__(brokers, attrs.evolve(settings, resumable=False), **kw)  # type: ignore[arg-type]
-        self._tried = 0
-
-    def _say(self, level: LogLevel, format: str, **kw: object) -> None:
-        """Nothing: a sender's session's outcome is in its HTTP answers."""
-
-    def _attempt_failed(self, failure: Failure, broker: Broker) -> None:
-        self._connecting = None
-        if not self.running:
-            return
-        self._tried += 1
-        why = failure.value
-        if isinstance(why, ConnectFailed) and why.reason_code is not None:
-            reason = PublishFailed(
-                Outcome.CONNECT_REFUSED,
-                str(why),
-                reason_code=why.reason_code,
-                protocol_level=why.protocol_level,
-            )
-            unavailable_broker = broker_busy(why.reason_code, why.protocol_level)
-        else:
-            reason = unavailable("no MQTT broker is reachable")
-            unavailable_broker = True
-        self._say(
-            LogLevel.warn,
-            "Cannot connect to {broker} as {client_id}: {why}",
-            broker=broker.name,
-            why=failure.getErrorMessage(),
-        )
-        if unavailable_broker and self._tried < len(self.brokers):
-            self._index = (self._index + 1) % len(self.brokers)
-            self._attempt()
-        else:
-            self._end(reason)
-
-    def _connection_gone(self) -> None:
-        self._end(unavailable("the connection to the broker was lost"))
