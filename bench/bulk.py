@@ -3,7 +3,7 @@ C{python -m bench.bulk}: messages per second through the EMQX-compatible
 C{POST /api/v5/publish/bulk} (batches of 100) against API 1 keep-alive
 (C{POST /topics/...}, one message per request), in the same run, on the same
 gateway and Mosquitto; the figures go into C{bench/RESULTS.md} between the
-markers of L{bench.report.BULK_BEGIN} and L{bench.report.BULK_END}.
+markers L{bench.report.write_section} puts around it.
 
 Both loads are wrk with QoS 1 messages of distinct payloads (C{bench/post.lua},
 C{bench/bulk.lua}); a C{mosquitto_sub} at QoS 1 counts what arrived, so a 200 that

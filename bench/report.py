@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import shlex
 import subprocess
 from collections.abc import Sequence
@@ -627,40 +628,43 @@ def render(results: Results, machine: Machine, command: Sequence[str]) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-#: The markers around the section of C{python -m bench.bulk}, which L{write} keeps.
-BULK_BEGIN = "<!-- python -m bench.bulk: begin -->"
-BULK_END = "<!-- python -m bench.bulk: end -->"
+def _markers(command: str) -> tuple[str, str]:
+    """The comments around the section of C{command} (e.g. C{python -m bench.bulk})."""
+    return f"<!-- {command}: begin -->", f"<!-- {command}: end -->"
 
 
-def _bulk_section(path: Path) -> str:
-    """The section of C{python -m bench.bulk} in C{path}, markers included."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return ""
-    begin, end = text.find(BULK_BEGIN), text.find(BULK_END)
-    if begin < 0 or end < begin:
-        return ""
-    return text[begin : end + len(BULK_END)] + "\n"
+_SECTION = re.compile(r"<!-- (python -m [\w.]+): begin -->.*?<!-- \1: end -->\n?", re.S)
+
+
+def _sections(text: str) -> dict[str, str]:
+    """Every marked section of C{text}: command -> the section, markers included."""
+    return {m.group(1): m.group(0) for m in _SECTION.finditer(text)}
 
 
 def write(path: Path, section: str) -> None:
     """
     Overwrite C{path} with the header and the latest run's section, keeping the
-    section of C{python -m bench.bulk}.
+    marked sections of the other benchmarks (L{write_section}).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    bulk = _bulk_section(path)
-    path.write_text(HEADER + "\n" + section + ("\n" + bulk if bulk else ""))
+    old = path.read_text() if path.exists() else ""
+    kept = "".join(s if s.endswith("\n") else s + "\n" for s in _sections(old).values())
+    path.write_text(HEADER + "\n" + section + ("\n" + kept if kept else ""))
+
+
+def write_section(path: Path, command: str, section: str) -> None:
+    """
+    Put C{section}, the results of C{command}, into C{path} between that
+    command's markers, replacing its previous section and keeping the rest.
+    """
+    begin, end = _markers(command)
+    text = path.read_text() if path.exists() else HEADER
+    new = f"{begin}\n{section.rstrip()}\n{end}\n"
+    old = _sections(text).get(command)
+    text = text.replace(old, new) if old else text.rstrip("\n") + "\n\n" + new
+    path.write_text(text)
 
 
 def write_bulk(path: Path, section: str) -> None:
-    """
-    Put C{section} (of C{python -m bench.bulk}) into C{path} between
-    L{BULK_BEGIN} and L{BULK_END}, replacing the one there, keeping the rest.
-    """
-    text = path.read_text() if path.exists() else HEADER
-    old = _bulk_section(path)
-    new = f"{BULK_BEGIN}\n{section}{BULK_END}\n"
-    text = text.replace(old, new) if old else text.rstrip("\n") + "\n\n" + new
-    path.write_text(text)
+    """L{write_section} for C{python -m bench.bulk}."""
+    write_section(path, "python -m bench.bulk", section)
