@@ -18,7 +18,8 @@ from paho.mqtt.client import topic_matches_sub
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from gateway.auth.acl import ACL, ACLFileError, is_valid_filter, topic_matches
+from gateway.auth.acl import ACL, is_valid_filter, topic_matches
+from gateway.auth.files import FileError
 from tests.brokers import BrokerStartError, Mosquitto
 
 ACL_FILE = """\
@@ -245,7 +246,7 @@ class SameAsMosquittoTests(TestCase):
             return True
 
         for text, _, _ in PARSE_ERRORS:
-            self.assertRaises(ACLFileError, ACL.parse, text)
+            self.assertRaises(FileError, ACL.parse, text)
             self.assertFalse(await mosquitto_accepts(text), text)
         for text in ODD_BUT_VALID:
             ACL.parse(text)
@@ -285,7 +286,7 @@ class ParseTests(SynchronousTestCase):
     def test_errors_name_file_and_line(self) -> None:
         """Each malformed file gives one line naming the file and line number."""
         for text, line, fragment in PARSE_ERRORS:
-            with self.assertRaises(ACLFileError) as raised:
+            with self.assertRaises(FileError) as raised:
                 ACL.parse(text, "conf/acl")
             message = str(raised.exception)
             self.assertTrue(message.startswith(f"conf/acl:{line}: "), message)
@@ -332,7 +333,7 @@ class ParseTests(SynchronousTestCase):
 
     def test_nul_refused(self) -> None:
         """A line holding U+0000 is refused (Mosquitto silently cuts it there)."""
-        with self.assertRaises(ACLFileError) as raised:
+        with self.assertRaises(FileError) as raised:
             ACL.parse("topic write a\ntopic write a\0b\n")
         self.assertEqual(raised.exception.line, 2)
 
@@ -346,12 +347,12 @@ class ParseTests(SynchronousTestCase):
 
         with open(path, "wb") as f:
             f.write(b"topic write a\ntopic write \xff\n")
-        with self.assertRaises(ACLFileError) as raised:
+        with self.assertRaises(FileError) as raised:
             ACL.load(path)
         self.assertEqual(str(raised.exception), f"{path}:2: not UTF-8")
 
         missing = path + ".missing"
-        with self.assertRaises(ACLFileError) as raised:
+        with self.assertRaises(FileError) as raised:
             ACL.load(missing)
         self.assertEqual(
             str(raised.exception), f"{missing}: cannot read: No such file or directory"

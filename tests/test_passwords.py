@@ -17,7 +17,8 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from gateway.auth.passwords import PasswordFile, PasswordFileError, VerificationCache
+from gateway.auth.files import FileError
+from gateway.auth.passwords import PasswordFile, VerificationCache
 from tests.brokers import Mosquitto
 
 # The tests count calls to hashlib.pbkdf2_hmac; the lines they build do not count.
@@ -222,7 +223,7 @@ class ParseTests(SynchronousTestCase):
         ]
         for line, fragment in cases:
             text = f"# first\n{pbkdf2_line('zed', b'z')}\n{line}\n"
-            with self.assertRaises(PasswordFileError) as raised:
+            with self.assertRaises(FileError) as raised:
                 PasswordFile.parse(text, "conf/passwd")
             message = str(raised.exception)
             self.assertTrue(message.startswith("conf/passwd:3: "), message)
@@ -235,7 +236,7 @@ class ParseTests(SynchronousTestCase):
     def test_duplicate_user(self) -> None:
         """A user listed twice is refused, naming both lines."""
         text = f"{pbkdf2_line('alice', b'a')}\n\n{sha512_line('alice', b'b')}\n"
-        with self.assertRaises(PasswordFileError) as raised:
+        with self.assertRaises(FileError) as raised:
             PasswordFile.parse(text)
         self.assertEqual(
             str(raised.exception), "passwords:3: user 'alice' again (first on line 1)"
@@ -244,7 +245,7 @@ class ParseTests(SynchronousTestCase):
     def test_load_errors(self) -> None:
         """Unreadable and non-UTF-8 files: errors name the path."""
         missing = self.mktemp()
-        with self.assertRaises(PasswordFileError) as raised:
+        with self.assertRaises(FileError) as raised:
             PasswordFile.load(missing)
         self.assertEqual(
             str(raised.exception), f"{missing}: cannot read: No such file or directory"
@@ -252,7 +253,7 @@ class ParseTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(pbkdf2_line("alice", b"a").encode() + b"\n\xff:x\n")
-        with self.assertRaises(PasswordFileError) as raised:
+        with self.assertRaises(FileError) as raised:
             PasswordFile.load(path)
         self.assertEqual(str(raised.exception), f"{path}:2: not UTF-8")
 

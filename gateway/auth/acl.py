@@ -39,17 +39,13 @@ from typing import TypeAlias
 
 import attrs
 
-from gateway.auth.files import AuthFileError, read_text
+from gateway.auth.files import FileError, read_text
 
 # What C isspace() counts as blank; str.strip() would also strip Unicode spaces.
 _BLANKS = " \t\n\v\f\r"
 _MAX_FILTER_BYTES = 65535
 _SUBSTITUTION = re.compile(r"(%[cu])")
 _Filter: TypeAlias = tuple[str, ...]
-
-
-class ACLFileError(AuthFileError):
-    """An ACL file that cannot be used (see L{AuthFileError})."""
 
 
 def is_valid_filter(topic_filter: str) -> bool:
@@ -151,7 +147,7 @@ class ACL:
         part of it. Unlike Mosquitto, which cuts a line at U+0000, this refuses it.
 
         @param name: the file's name for error messages.
-        @raise ACLFileError: for an unknown keyword or access word, a missing user
+        @raise FileError: for an unknown keyword or access word, a missing user
             name or filter, or an invalid filter (as Mosquitto refuses to start).
         """
         users: dict[str | None, tuple[list[_Filter], list[_Filter]]] = {}
@@ -164,17 +160,17 @@ class ACL:
             if line.startswith("#"):
                 continue
             if "\0" in line:
-                raise ACLFileError(name, number, "U+0000 in line")
+                raise FileError(name, number, "U+0000 in line")
             keyword, rest = _word(line)
             if keyword is None:
                 continue
             if keyword == "user":
                 if not rest:
-                    raise ACLFileError(name, number, "'user' without a user name")
+                    raise FileError(name, number, "'user' without a user name")
                 user = rest.strip(_BLANKS)
                 continue
             if keyword not in ("topic", "pattern"):
-                raise ACLFileError(
+                raise FileError(
                     name,
                     number,
                     f"unknown keyword {_shorten(keyword)} "
@@ -182,20 +178,20 @@ class ACL:
                 )
             access, rest = _word(rest)
             if access is None:
-                raise ACLFileError(name, number, f"{keyword!r} without a topic")
+                raise FileError(name, number, f"{keyword!r} without a topic")
             if rest:
                 topic_filter = rest.strip(_BLANKS)
             else:
                 topic_filter, access = access, "readwrite"
             if access not in ("read", "write", "readwrite", "deny"):
-                raise ACLFileError(
+                raise FileError(
                     name,
                     number,
                     f"unknown access {_shorten(access)} "
                     "(expected read, write, readwrite or deny)",
                 )
             if not is_valid_filter(topic_filter):
-                raise ACLFileError(
+                raise FileError(
                     name, number, f"invalid topic filter {_shorten(topic_filter)}"
                 )
             if keyword == "pattern":
@@ -223,9 +219,9 @@ class ACL:
         Read and parse the ACL file at C{path} (see L{parse}); error messages
         name C{path}.
 
-        @raise ACLFileError: if it cannot be read, is not UTF-8, or does not parse.
+        @raise FileError: if it cannot be read, is not UTF-8, or does not parse.
         """
-        text = read_text(path, ACLFileError)
+        text = read_text(path, FileError)
         return cls.parse(text, path)
 
     def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:

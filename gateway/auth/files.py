@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from gateway.config import ConfigError
 
-__all__ = ["AuthFileError", "FileError", "load_setting", "read_bytes", "read_text"]
+__all__ = ["FileError", "load_setting", "read_bytes", "read_text"]
 
 T = TypeVar("T")
 
@@ -42,10 +42,6 @@ class FileError(ConfigError):
         self.line = line
         self.reason = reason
         self.key = key
-
-
-#: The name the password and ACL files' errors were first given.
-AuthFileError = FileError
 
 
 def read_bytes(

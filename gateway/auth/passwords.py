@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from gateway.auth.files import AuthFileError, read_text
+from gateway.auth.files import FileError, read_text
 
 # What C isspace() counts as blank; str.strip() would also strip Unicode spaces.
 _BLANKS = " \t\n\v\f\r"
@@ -31,10 +31,6 @@ _DIGEST_SIZE = 64  # SHA-512
 _MAX_ITERATIONS = 2**31 - 1  # Mosquitto reads the count into a C int
 _MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default in Mosquitto 2.0
 _HASH_TYPE = re.compile(r"[0-9a-z]{1,3}")
-
-
-class PasswordFileError(AuthFileError):
-    """A password file that cannot be used (see L{AuthFileError})."""
 
 
 @attrs.frozen
@@ -147,7 +143,7 @@ class PasswordFile:
         @param name: the file's name for error messages.
         @param cache: where successful verifications are remembered (by default
             one cache shared by every L{PasswordFile} of the process).
-        @raise PasswordFileError: for any malformed or duplicate line, naming
+        @raise FileError: for any malformed or duplicate line, naming
             the line but never its password or hash.
         """
         hashes: dict[str, _Hash] = {}
@@ -159,11 +155,11 @@ class PasswordFile:
             user, colon, hash_text = line.partition(":")
             user = user.strip(_BLANKS)
             if not colon:
-                raise PasswordFileError(name, number, "expected user:hash")
+                raise FileError(name, number, "expected user:hash")
             if not user:
-                raise PasswordFileError(name, number, "empty user name")
+                raise FileError(name, number, "empty user name")
             if user in first_line:
-                raise PasswordFileError(
+                raise FileError(
                     name,
                     number,
                     f"user {user!r} again (first on line {first_line[user]})",
@@ -171,7 +167,7 @@ class PasswordFile:
             try:
                 hashes[user] = _parse_hash(hash_text.strip(_BLANKS))
             except _BadHash as e:
-                raise PasswordFileError(name, number, f"user {user!r}: {e}") from None
+                raise FileError(name, number, f"user {user!r}: {e}") from None
             first_line[user] = number
         return cls(hashes, name, cache)
 
@@ -181,10 +177,10 @@ class PasswordFile:
         Read and parse the password file at C{path} (see L{parse}); error
         messages name C{path}.
 
-        @raise PasswordFileError: if it cannot be read, is not UTF-8, or does not
+        @raise FileError: if it cannot be read, is not UTF-8, or does not
             parse.
         """
-        text = read_text(path, PasswordFileError)
+        text = read_text(path, FileError)
         return cls.parse(text, path, cache)
 
     def __contains__(self, user: str) -> bool:
