@@ -48,10 +48,7 @@ from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
-from tests.brokers import Mosquitto, Subscriber, free_port, poll
-from tests.certs import PKI, make_pki
-from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_aliyun_signature import (
+from tests.auth.test_aliyun_signature import (
     KEY_ID,
     NOW,
     SECRET,
@@ -62,7 +59,10 @@ from tests.test_aliyun_signature import (
     rpc_query,
     rpc_request,
 )
-from tests.test_web_topics import DenyTopic, RecordingPublisher
+from tests.brokers import Mosquitto, Subscriber, free_port, poll
+from tests.certs import PKI, make_pki
+from tests.gateway import CurlResult, RunningGateway, curl
+from tests.web.test_topics import DenyTopic, RecordingPublisher
 
 INSTANCE = "mqtt-cn-1"
 MSG_ID = re.compile(r"^[0-9A-F]{32}$")

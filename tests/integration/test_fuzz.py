@@ -45,7 +45,7 @@ from gateway.web.topics import TopicsAPI
 from tests.brokers import Mosquitto, free_port, poll
 from tests.fakes import PublisherFake
 from tests.gateway import curl
-from tests.test_web_server import responses
+from tests.web.test_server import responses
 
 #: The documented error codes.
 DOCUMENTED_CODES = {

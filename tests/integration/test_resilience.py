@@ -38,8 +38,8 @@ from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
 from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_mqtt_session import ME, FakeBroker, SessionTestCase
-from tests.test_web_server import responses
+from tests.mqtt.test_session import ME, FakeBroker, SessionTestCase
+from tests.web.test_server import responses
 
 
 class QueueBoundTests(SessionTestCase):

@@ -16,7 +16,7 @@ from zope.interface import provider
 
 from tests.brokers import Amqtt, Mosquitto, Subscriber
 from tests.gateway import RunningGateway, curl
-from tests.test_integration import config
+from tests.integration.test_end_to_end import config
 
 
 class _Logged(TestCase):

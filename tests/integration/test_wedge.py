@@ -16,7 +16,7 @@ from zope.interface import provider
 
 from tests.brokers import Mosquitto, Subscriber
 from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_integration import config
+from tests.integration.test_end_to_end import config
 
 # Each is a request a strict broker would disconnect on, if it were forwarded:
 # (path and query, the parameter the 400 names).

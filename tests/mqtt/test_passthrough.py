@@ -20,7 +20,7 @@ from gateway.mqtt import codec
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
 from tests.fakes import Connections
-from tests.test_mqtt_session import FakeBroker, FakeEndpoint
+from tests.mqtt.test_session import FakeBroker, FakeEndpoint
 
 #: The connections of the current test (see L{Connections}).
 CONNECTIONS = Connections()
