@@ -33,8 +33,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
 from tests.brokers import Mosquitto, Subscriber
-from tests.gateway import RunningGateway
-from tests.integration.test_end_to_end import config
+from tests.gateway import RunningGateway, config
 from tests.linkcut_load import Outcome, run_under_cuts
 from tests.linkcutter import LinkCutter
 

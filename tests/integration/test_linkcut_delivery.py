@@ -18,8 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.brokers import Amqtt, Mosquitto, Subscriber
 from tests.brokers_more import Aedes, shared_rabbitmq
-from tests.gateway import RunningGateway
-from tests.integration.test_end_to_end import config
+from tests.gateway import RunningGateway, config
 from tests.linkcut_load import run_under_cuts
 from tests.linkcutter import LinkCutter
 

@@ -17,8 +17,7 @@ from zope.interface import provider
 
 from tests.brokers import Subscriber
 from tests.brokers_more import SHARED_RABBITMQ_MAX_MESSAGE_SIZE, Aedes, shared_rabbitmq
-from tests.gateway import CurlResult, RunningGateway, curl
-from tests.integration.test_end_to_end import config
+from tests.gateway import CurlResult, RunningGateway, config, curl
 
 
 class _MatrixCase(TestCase):
