@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
-
 from bench import report, wrk
 from bench.processes import (
     HOST,
@@ -118,23 +116,16 @@ def adapter_us_per_message(batch: int, repeats: int = 200) -> float:
     process (JSON, validation, identity, per-message results) with a publisher
     that answers at once: the cost of the API, without the broker session's.
     """
-    from twisted.internet.defer import succeed
     from twisted.internet.task import Clock
 
     from gateway.auth.identify import Authenticator
     from gateway.core import Gateway
-    from gateway.model import Identity, Message, PublishResult
     from gateway.web.emqx import EMQXAPI
     from gateway.web.messages import HTTPRequest
-    from tests.fakes import PublisherFake
+    from tests.fakes import FakePublisher, succeeds
 
-    class Instant(PublisherFake):
-        def publish(
-            self, message: Message, identity: Identity
-        ) -> Deferred[PublishResult]:
-            return succeed(PublishResult("0" * 32))
-
-    core = Gateway(Instant(), Authenticator(None, allow_anonymous=True), Clock())
+    instant = FakePublisher(succeeds("0" * 32))
+    core = Gateway(instant, Authenticator(None, allow_anonymous=True), Clock())
     api = EMQXAPI(core, max_batch=batch)
     items = [
         {"topic": LOAD_TOPIC, "qos": 1, "payload": f"001:{i:012d}:00001"}

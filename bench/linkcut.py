@@ -33,10 +33,9 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 
 from tests.brokers import Mosquitto, Subscriber
-from tests.gateway import RunningGateway
+from tests.gateway import RunningGateway, config
 from tests.linkcut_load import Outcome, run_under_cuts
 from tests.linkcutter import LinkCutter
-from tests.test_integration import config
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "LINKCUT.md"
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_topics,tests.test_mqtt_delivery -*-
+# -*- test-case-name: tests.web.test_topics,tests.mqtt.test_outcomes -*-
 """
 Errors are values: one exception type carrying the HTTP status, the error code of
 the error codes and a message for the client.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin,tests.test_openapi -*-
+# -*- test-case-name: tests.web.test_admin,tests.test_openapi -*-
 """
 The gateway's OpenAPI 3.1 description: C{openapi.yaml}, shipped in the package,
 served as JSON on the admin listener at C{/openapi.json}.

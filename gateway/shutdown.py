@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resilience -*-
+# -*- test-case-name: tests.integration.test_resilience -*-
 """
 Graceful shutdown: stop accepting, let the requests in flight
 finish, then close the broker sessions.

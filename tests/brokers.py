@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_brokers -*-
+# -*- test-case-name: tests.integration.test_brokers -*-
 """
 Real MQTT brokers and an independent subscriber for integration tests.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_brokers -*-
+# -*- test-case-name: tests.integration.test_brokers -*-
 """
 Brokers that run outside the virtualenv, for the broker matrix: Aedes (node) and
 RabbitMQ with its MQTT plugin (Erlang). Same interface as L{tests.brokers}'

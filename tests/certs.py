@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_certs -*-
+# -*- test-case-name: tests.auth.test_certs -*-
 """
 A certificate hierarchy made at test time, for TLS tests.
 

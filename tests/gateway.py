@@ -1,10 +1,12 @@
 """
 Test support: the real gateway, assembled as twistd assembles it, run in the test's
-process on free ports, and curl as its client.
+process on free ports, and curl as its client; the configuration the end-to-end
+tests give it, and the raw HTTP responses it writes, split.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -32,6 +34,54 @@ def password_file(**users: str) -> str:
             capture_output=True,
         )
     return path
+
+
+def config_file(text: str) -> str:
+    """The path of a new C{gateway.toml} (in a folder of its own) holding C{text}."""
+    path = os.path.join(tempfile.mkdtemp(prefix="gateway-test-"), "gateway.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@functools.cache
+def _anonymous_and_users() -> str:
+    return (
+        "[auth]\nallow_anonymous = true\n"
+        f'password_file = "{password_file(user0="secret0", bob="builder")}"\n'
+    )
+
+
+def config(broker: str, *, protocol: str = "auto", extra: str = "") -> str:
+    """
+    The end-to-end tests' configuration for the one broker C{broker} at
+    C{protocol}: a publish timeout of 2 s, no access log, bodies up to 4096 bytes,
+    and C{extra}, or else anonymous access and the users C{user0} (password
+    C{secret0}) and C{bob} (C{builder}).
+    """
+    return (
+        f'[mqtt]\nbrokers = ["{broker}"]\nprotocol = "{protocol}"\n'
+        "publish_timeout = 2\nkeepalive = 10\n"
+        '[log]\naccess = ""\n'
+        "[http]\nmax_body = 4096\n" + (extra or _anonymous_and_users())
+    )
+
+
+def responses(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Split C{data} into (status, headers, body) using Content-Length."""
+    result = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b": ")
+            headers[name.lower()] = value
+        length = int(headers.get(b"content-length", b"0"))
+        result.append((status, headers, data[:length]))
+        data = data[length:]
+    return result
 
 
 @attrs.frozen
@@ -95,10 +145,7 @@ class RunningGateway:
     def __init__(self, config: str, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        directory = tempfile.mkdtemp(prefix="gateway-test-")
-        self.config_path = os.path.join(directory, "gateway.toml")
-        with open(self.config_path, "w") as f:
-            f.write(config)
+        self.config_path = config_file(config)
         self.options = Options()
         self.options.parseOptions(
             [

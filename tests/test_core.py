@@ -5,7 +5,7 @@ order, whichever API the message came by; a refused message reaches no broker.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,35 +15,7 @@ from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
 from gateway.limits import RateLimiter
 from gateway.model import Identity, Message, PublishResult
-from tests.fakes import PublisherFake
-
-
-class FakePublisher(PublisherFake):
-    """Takes every message at once and remembers it."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.published: list[tuple[Message, Identity]] = []
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        self.published.append((message, identity))
-        return succeed(PublishResult(f"{len(self.published):032X}"))
-
-    def connection_closed(self, connection_id: str) -> None:
-        pass
-
-
-class OnlyTopic:
-    """An ACL that allows one topic."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-
-    def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
-        return topic == self.topic
-
+from tests.fakes import FakePublisher, TopicACL
 
 DEVICE = Identity(client_id="dev-1")
 
@@ -59,7 +31,7 @@ class GatewayTests(SynchronousTestCase):
             self.publisher,
             Authenticator(None, allow_anonymous=True),
             self.clock,
-            OnlyTopic("ok"),
+            TopicACL(lambda topic: topic == "ok"),
             limiter=RateLimiter(LimitsConfig(**limits)) if limits else None,  # type: ignore[arg-type]
         )
 
@@ -79,7 +51,7 @@ class GatewayTests(SynchronousTestCase):
         self.assertIsNone(core.limiter)
         for _ in range(100):
             self.successResultOf(self.publish(core, "any"))
-        self.assertEqual(len(self.publisher.published), 100)
+        self.assertEqual(len(self.publisher.calls), 100)
 
     def test_rate_limited(self) -> None:
         """Over [limits] rate/burst: 429 RateLimited with Retry-After, and nothing
@@ -91,7 +63,7 @@ class GatewayTests(SynchronousTestCase):
         self.assertEqual(
             (error.status, error.code, error.retry_after), (429, Code.RateLimited, 1)
         )
-        self.assertEqual(len(self.publisher.published), 2)
+        self.assertEqual(len(self.publisher.calls), 2)
         self.clock.advance(0.5)
         self.successResultOf(self.publish(core))
 

@@ -9,7 +9,6 @@ from typing import Any, cast
 
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -23,7 +22,7 @@ from gateway.mqtt.publisher import SharedPublisher
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.status import PublisherStatus
 from gateway.web.messages import API, AccessRecord
-from tests.fakes import PublisherFake
+from tests.fakes import FakePublisher, fails, succeeds
 
 P = "mqtt_http_gateway_"
 
@@ -65,31 +64,6 @@ def samples(
 
 def value(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
     return samples(metrics).get((P + name, frozenset(labels.items())))
-
-
-class FakePublisher(PublisherFake):
-    """An IPublisher whose answers the test decides."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.connected = False
-        self.results: list[Deferred[PublishResult]] = []
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        d: Deferred[PublishResult] = Deferred()
-        self.results.append(d)
-        return d
-
-
-class StatusPublisher(FakePublisher):
-    """A publisher whose status the test sets, as a gateway-mode session has it."""
-
-    def __init__(self, status: PublisherStatus) -> None:
-        super().__init__()
-        self.current = status
-
-    def status(self) -> PublisherStatus:
-        return self.current
 
 
 class ComposeTests(SynchronousTestCase):
@@ -259,7 +233,7 @@ class PublishMetricsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.metrics = GatewayMetrics(self.clock, process_metrics=False)
-        self.inner = FakePublisher()
+        self.inner = FakePublisher(FakePublisher.later, connected=False)
         self.publisher = MeasuredPublisher(self.inner, self.metrics, self.clock)
 
     def test_interface(self) -> None:
@@ -274,7 +248,7 @@ class PublishMetricsTests(SynchronousTestCase):
         d = self.publisher.publish(Message("t", b""), Identity("c"))
         self.clock.advance(0.003)
         result = PublishResult("A" * 32)
-        self.inner.results[0].callback(result)
+        self.inner.waiting[0].callback(result)
         self.assertIs(self.successResultOf(d), result)
         name = "publish_duration_seconds"
         self.assertEqual(
@@ -292,7 +266,7 @@ class PublishMetricsTests(SynchronousTestCase):
         d = self.publisher.publish(Message("t", b""), Identity("c"))
         self.clock.advance(10)
         error = GatewayError(Code.BrokerUnavailable, "no broker")
-        self.inner.results[0].errback(error)
+        self.inner.waiting[0].errback(error)
         self.assertIs(self.failureResultOf(d, GatewayError).value, error)
         self.assertEqual(
             value(self.metrics, "publish_duration_seconds_count", outcome="error"), 1
@@ -304,25 +278,17 @@ class PublishMetricsTests(SynchronousTestCase):
     def test_immediate(self) -> None:
         """A publisher that answers at once is measured too."""
 
-        class Immediate(FakePublisher):
-            def publish(
-                self, message: Message, identity: Identity
-            ) -> Deferred[PublishResult]:
-                return succeed(PublishResult("B" * 32))
-
-        publisher = MeasuredPublisher(Immediate(), self.metrics, self.clock)
+        immediate = FakePublisher(succeeds("B" * 32), connected=False)
+        publisher = MeasuredPublisher(immediate, self.metrics, self.clock)
         self.successResultOf(publisher.publish(Message("t", b""), Identity("c")))
         self.assertEqual(
             value(self.metrics, "publish_duration_seconds_count", outcome="ok"), 1
         )
 
-        class Failing(FakePublisher):
-            def publish(
-                self, message: Message, identity: Identity
-            ) -> Deferred[PublishResult]:
-                return fail(GatewayError(Code.Forbidden, "no"))
-
-        failing = MeasuredPublisher(Failing(), self.metrics, self.clock)
+        refusing = FakePublisher(
+            fails(GatewayError(Code.Forbidden, "no")), connected=False
+        )
+        failing = MeasuredPublisher(refusing, self.metrics, self.clock)
         self.failureResultOf(failing.publish(Message("t", b""), Identity("c")))
 
 
@@ -334,14 +300,15 @@ class BrokerMetricsTests(SynchronousTestCase):
     def test_shared_session(self) -> None:
         """Gateway mode: connection state, current broker, in-flight and queued
         messages, read from the session at scrape time."""
-        publisher = StatusPublisher(
-            PublisherStatus(
+        publisher = FakePublisher(
+            connected=False,
+            status=PublisherStatus(
                 connected=True,
                 broker="mqtt://broker.example:1883",
                 protocol_level=5,
                 inflight=3,
                 queued=7,
-            )
+            ),
         )
         self.metrics.watch_publisher(
             MeasuredPublisher(publisher, self.metrics, self.clock)
@@ -388,7 +355,7 @@ class BrokerMetricsTests(SynchronousTestCase):
     def test_reconnects(self) -> None:
         """A connection that comes back after being lost is a reconnection; the
         first connection is not."""
-        publisher = FakePublisher()
+        publisher = FakePublisher(connected=False)
         self.metrics.watch_publisher(publisher)
         self.metrics.startService()
         self.addCleanup(self.metrics.stopService)
@@ -414,7 +381,9 @@ class BrokerMetricsTests(SynchronousTestCase):
     def test_session_reconnects(self) -> None:
         """A session's own count of reconnections shows even when the service
         did not hear them."""
-        publisher = StatusPublisher(PublisherStatus(connected=True, reconnects=4))
+        publisher = FakePublisher(
+            connected=False, status=PublisherStatus(connected=True, reconnects=4)
+        )
         self.metrics.watch_publisher(publisher)
         self.assertEqual(value(self.metrics, "broker_reconnects_total"), 4)
 

@@ -49,8 +49,8 @@ from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
 from gateway.swappable import daemon_parts
 from tests.brokers import Mosquitto, free_port
 from tests.certs import PKI, make_pki
+from tests.fakes import Daemon
 from tests.gateway import curl
-from tests.test_systemd import Daemon
 
 
 def read(path: str) -> str:

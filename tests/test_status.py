@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mqtt import codec
 from gateway.status import PublisherStatus, StatusObservers
-from tests.test_mqtt_session import FakeBroker, SessionTestCase
+from tests.fakes import FakeBroker, SessionTestCase
 
 
 class ObserversTests(SynchronousTestCase):

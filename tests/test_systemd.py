@@ -11,16 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
-from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -30,12 +25,11 @@ from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.status import PublisherStatus
 from gateway.systemd import Notifier, SystemdNotifier, broker_status, watchdog_interval
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
-from tests.fakes import PublisherFake
+from tests.fakes import TWISTD, Daemon, FakePublisher
 from tests.gateway import RunningGateway, curl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
 class NotifySocket:
@@ -77,10 +71,6 @@ class NotifySocket:
         self.socket.close()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class FakePublisher(PublisherFake):
-    connected = False
 
 
 class NotifierTests(SynchronousTestCase):
@@ -152,7 +142,7 @@ class SystemdNotifierTests(SynchronousTestCase):
         self.notify = NotifySocket()
         self.addCleanup(self.notify.close)
         self.clock = Clock()
-        self.publisher = FakePublisher()
+        self.publisher = FakePublisher(connected=False)
 
     def service(self, **environ: str) -> SystemdNotifier:
         service = SystemdNotifier(
@@ -360,19 +350,6 @@ def _directives(text: str) -> list[str]:
     ]
 
 
-# What systemd does between fork and exec: LISTEN_PID (and WATCHDOG_PID) name the
-# process that runs the daemon, so they are set in the child, which then execs.
-_AS_SYSTEMD = """
-import os, sys
-pid = str(os.getpid())
-if "LISTEN_FDS" in os.environ:
-    os.environ["LISTEN_PID"] = pid
-if "WATCHDOG_USEC" in os.environ:
-    os.environ["WATCHDOG_PID"] = pid
-os.execv(sys.argv[1], sys.argv[1:])
-"""
-
-
 def listening_socket() -> socket.socket:
     """A TCP socket listening on a free port of 127.0.0.1, as systemd makes one."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -380,90 +357,6 @@ def listening_socket() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     return sock
-
-
-class Daemon:
-    """
-    C{twistd -n mqtt-http-gateway} in a child process, started as systemd starts
-    it: with listening sockets from file descriptor 3 on (C{LISTEN_FDS},
-    C{LISTEN_FDNAMES}, C{LISTEN_PID}) and any other environment given.
-    """
-
-    def __init__(
-        self,
-        test: TestCase,
-        *args: str,
-        sockets: Sequence[tuple[str, socket.socket]] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
-        self.chunks: list[bytes] = []
-        self.ended: Deferred[int] = Deferred()
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_"))
-        }
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
-        if sockets:
-            environ["LISTEN_FDS"] = str(len(sockets))
-            environ["LISTEN_FDNAMES"] = ":".join(name for name, _ in sockets)
-            for number, (_, sock) in enumerate(sockets, 3):
-                child_fds[number] = sock.fileno()
-        environ.update(env or {})
-        daemon = self
-
-        class Watch(ProcessProtocol):
-            def outReceived(self, data: bytes) -> None:
-                daemon.chunks.append(data)
-
-            errReceived = outReceived
-
-            def processEnded(self, reason: Any) -> None:
-                daemon.ended.callback(reason.value.exitCode)
-
-        command = [TWISTD, "--pidfile=", "-n", "mqtt-http-gateway", *args]
-        self.process = reactor.spawnProcess(
-            Watch(),
-            sys.executable,
-            [sys.executable, "-c", _AS_SYSTEMD, *command],
-            env=environ,
-            childFDs=child_fds,
-        )
-        test.addCleanup(self.kill)
-
-    @property
-    def output(self) -> str:
-        """Everything it wrote to standard output and error so far."""
-        return b"".join(self.chunks).decode(errors="replace")
-
-    async def wait_for(self, text: str, timeout: float = 15) -> None:
-        """Return once C{text} is in its output; fail if it ends first."""
-        await poll(
-            self.reactor,
-            lambda: text in self.output or self.ended.called,
-            timeout,
-            lambda: f"no {text!r} in:\n{self.output}",
-        )
-        if text not in self.output:
-            raise AssertionError(f"twistd ended without {text!r}:\n{self.output}")
-
-    def signal(self, name: str) -> None:
-        """Send the process a signal, e.g. C{"HUP"}."""
-        self.process.signalProcess(name)
-
-    async def stop(self) -> int:
-        """SIGTERM; the exit status."""
-        self.signal("TERM")
-        code: int = await self.ended
-        return code
-
-    def kill(self) -> Deferred[int]:
-        if not self.ended.called:
-            self.process.signalProcess(signal.SIGKILL)
-        return self.ended
 
 
 class SocketActivationTests(TestCase):

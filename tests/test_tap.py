@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from typing import Any, cast
 
@@ -21,17 +20,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from gateway.tap import Listener, Options, StartupError, connection_cap, makeService
 from tests.brokers import Amqtt, Mosquitto, Subscriber, free_port, poll
-from tests.gateway import curl
+from tests.fakes import TWISTD
+from tests.gateway import config_file, curl
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "conf", "gateway.toml")
-
-
-def write(text: str) -> str:
-    path = os.path.join(tempfile.mkdtemp(), "gateway.toml")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
 
 
 def twistd(*args: str) -> Deferred[tuple[bytes, bytes, int]]:
@@ -130,22 +122,26 @@ class OptionsTests(SynchronousTestCase):
     def test_bad_values(self) -> None:
         """Unknown keys, bad types, bad endpoints, bad URIs: one line naming them."""
         self.assertIn(
-            "http.listn", self.refused("--config", write("[http]\nlistn = []\n"))
+            "http.listn", self.refused("--config", config_file("[http]\nlistn = []\n"))
         )
         self.assertIn(
             "mqtt.keepalive",
-            self.refused("--config", write('[mqtt]\nkeepalive = "x"\n')),
+            self.refused("--config", config_file('[mqtt]\nkeepalive = "x"\n')),
         )
         self.assertIn(
             "http.listen: bad endpoint 'tcpp:80'",
-            self.refused("--config", write('[http]\nlisten = ["tcpp:80"]\n')),
+            self.refused("--config", config_file('[http]\nlisten = ["tcpp:80"]\n')),
         )
         self.assertIn("--broker", self.refused("--broker", "http://x"))
-        bad = write("user0:$5$nope\n")
-        message = self.refused("--config", write(f'[auth]\npassword_file = "{bad}"\n'))
+        bad = config_file("user0:$5$nope\n")
+        message = self.refused(
+            "--config", config_file(f'[auth]\npassword_file = "{bad}"\n')
+        )
         self.assertIn(f"auth.password_file: {bad}:1:", message)
         self.assertNotIn("nope", message)
-        message = self.refused("--config", write('[auth]\nacl_file = "missing-acl"\n'))
+        message = self.refused(
+            "--config", config_file('[auth]\nacl_file = "missing-acl"\n')
+        )
         self.assertIn("auth.acl_file:", message)
         self.assertIn("missing-acl", message)
         self.assertIn("nope.toml", self.refused("--config", "/nonexistent/nope.toml"))
@@ -159,7 +155,7 @@ class AssemblyTests(SynchronousTestCase):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         access = os.path.join(directory, "access.log")
-        config = write(
+        config = config_file(
             "[http]\n"
             'listen = ["tcp:0:interface=127.0.0.1"]\n'
             "[mqtt]\n"
@@ -207,7 +203,9 @@ class CommandLineTests(TestCase):
 
     async def test_bad_config(self) -> None:
         """A bad key stops start-up: exit status 1, one line, no traceback."""
-        out, err, code = await twistd("--config", write("[mqtt]\nkeepalive = -1\n"))
+        out, err, code = await twistd(
+            "--config", config_file("[mqtt]\nkeepalive = -1\n")
+        )
         self.assertEqual(code, 1)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertIn(b"mqtt.keepalive", err)
@@ -217,7 +215,7 @@ class CommandLineTests(TestCase):
         """A listening endpoint that does not parse (found while the service
         tree is assembled) stops start-up the same way."""
         out, err, code = await twistd(
-            "--config", write('[http]\nlisten = ["tcpp:80"]\n')
+            "--config", config_file('[http]\nlisten = ["tcpp:80"]\n')
         )
         self.assertEqual(code, 1)
         self.assertEqual(len(err.strip().splitlines()), 1, err)

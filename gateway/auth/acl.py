@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_acl -*-
+# -*- test-case-name: tests.auth.test_acl -*-
 """
 Mosquitto's C{acl_file}, applied to publishing exactly as Mosquitto 2.0 applies
 it to a client's PUBLISH.
@@ -11,7 +11,7 @@ The file::
     user <name>
     topic [read|write|readwrite|deny] <filter>     # this user only
 
-What Mosquitto 2.0.11 does, checked against the broker itself (tests.test_acl):
+What Mosquitto 2.0.11 does, checked against the broker itself (tests.auth.test_acl):
 
  1. Topics starting with C{$SYS} may only be written when they match
     C{$SYS/broker/connection/+/state}; topics starting with C{$share} never.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aliyun_signature -*-
+# -*- test-case-name: tests.auth.test_aliyun_signature -*-
 """
 Alibaba Cloud OpenAPI request signatures, checked against configured AccessKeys.
 

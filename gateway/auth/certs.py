@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_certs -*-
+# -*- test-case-name: tests.auth.test_certs -*-
 """
 HTTPS with device certificates.
 

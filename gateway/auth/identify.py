@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_identify -*-
+# -*- test-case-name: tests.auth.test_identify -*-
 """
 Who sent a request: a verified client certificate, HTTP Basic
 credentials checked against a mosquitto password file, or nobody.

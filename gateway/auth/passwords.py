@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_passwords -*-
+# -*- test-case-name: tests.auth.test_passwords -*-
 """
 Password files in the format of Mosquitto's C{mosquitto_passwd}: one
 C{user:hash} per line, the hash either C{$7$iterations$salt$digest}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_loader -*-
 """
 The one error of a configuration that cannot be used.
 """

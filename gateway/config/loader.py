@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_loader -*-
 """
 Reading a configuration: L{load} a TOML file, L{parse} a decoded document,
 L{default} for no file at all.

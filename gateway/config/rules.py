@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_loader -*-
 """
 The rules that span keys, checked once a whole configuration is known.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_loader -*-
 """
 The schema of the TOML file: each section's settings class and, per key, the
 converter that checks a TOML value and turns it into a settings value.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_loader -*-
 """
 The settings classes: frozen values, one per TOML section, and L{Config} holding
 them all, with the command-line overrides.

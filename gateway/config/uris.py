@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.config.test_loader -*-
 """
 The brokers of C{[mqtt] brokers} and C{--broker}: C{mqtt://} and C{mqtts://} URIs
 parsed into addresses.

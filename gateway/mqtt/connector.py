@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_session -*-
+# -*- test-case-name: tests.mqtt.test_session -*-
 """
 One connection attempt to one broker, at the right protocol level, with a session
 the broker keeps.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_passthrough -*-
+# -*- test-case-name: tests.mqtt.test_passthrough -*-
 """
 L{OneShotSession}: one sender's session in broker mode, a single connection
 (the next broker tried only while none answers) whose refusal or loss fails

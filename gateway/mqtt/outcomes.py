@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_delivery -*-
+# -*- test-case-name: tests.mqtt.test_outcomes -*-
 """
 How a publish can fail, in MQTT's terms: the broker session's errors say what
 happened at the broker, never which HTTP status or request parameter that means.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_passthrough -*-
+# -*- test-case-name: tests.mqtt.test_passthrough -*-
 """
 The pass-through publisher (C{[auth] mode = "broker"}): each sender publishes over an
 MQTT session of its own, opened as the sender (its client id, user name and

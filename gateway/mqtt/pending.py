@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_window -*-
+# -*- test-case-name: tests.mqtt.test_window -*-
 """
 The values the in-flight window keeps: a message waiting for the broker
 (L{Pending}) and its PUBLISH at a protocol level (L{encode}), the limits a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_session,tests.test_mqtt_delivery -*-
+# -*- test-case-name: tests.mqtt.test_session,tests.mqtt.test_outcomes -*-
 """
 One connection to an MQTT broker: the CONNECT/CONNACK handshake, keep-alive pings and
 packet dispatch.

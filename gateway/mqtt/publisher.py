@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_session,tests.test_status -*-
+# -*- test-case-name: tests.mqtt.test_session,tests.test_status -*-
 """
 The shared publisher: every message goes out over the gateway's own broker session
 (C{[auth] mode = "gateway"}).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_session,tests.test_mqtt_delivery -*-
+# -*- test-case-name: tests.mqtt.test_session,tests.mqtt.test_outcomes -*-
 """
 A broker session that survives its connections.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_strings -*-
+# -*- test-case-name: tests.mqtt.test_strings -*-
 """
 What an MQTT string may hold, as strict brokers apply MQTT 5 section 1.5.4.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_window -*-
+# -*- test-case-name: tests.mqtt.test_window -*-
 """
 The in-flight window of one MQTT session, as a pure state machine: time is passed
 in, packets to write come out as bytes, callers hear back through each message's

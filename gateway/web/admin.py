@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.web.test_admin -*-
 """
 The admin listener's request handler: health, readiness and
 metrics, for the same L{HTTPServerFactory} as the device-facing APIs but served

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aliyun -*-
+# -*- test-case-name: tests.web.test_aliyun -*-
 """
 API 2: Alibaba Cloud ApsaraMQ for MQTT C{SendMessage} (OnsMqtt 2020-04-20, OpenAPI
 RPC style), answered as the official SDKs expect it.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_assembler,tests.test_web_server -*-
+# -*- test-case-name: tests.web.test_assembler,tests.web.test_server -*-
 """
 The sans-I/O half of the HTTP server: bytes in, request and error events out.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_topics,tests.test_web_emqx -*-
+# -*- test-case-name: tests.web.test_topics,tests.web.test_emqx -*-
 """
 What an HTTP request says about its sender, the same for every API that takes Basic
 credentials or a client certificate (API 1 and the EMQX-compatible API).

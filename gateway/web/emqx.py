@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_emqx -*-
+# -*- test-case-name: tests.web.test_emqx -*-
 """
 API 3: EMQX 5's HTTP publish API, C{POST /api/v5/publish} (one JSON message) and
 C{POST /api/v5/publish/bulk} (a JSON array of them), so that back-ends written for

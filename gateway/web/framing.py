@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_server -*-
+# -*- test-case-name: tests.web.test_server -*-
 """
 The framing rules of RFC 9112 the server holds requests to strictly, because a
 proxy in front that read a lenient request differently could be made to pass

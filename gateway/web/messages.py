@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_server -*-
+# -*- test-case-name: tests.web.test_server -*-
 """
 The request and response values the API adapters work on.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_numbers -*-
+# -*- test-case-name: tests.web.test_numbers -*-
 """
 Decimal numbers from untrusted input, parsed with a bound.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_pipeline,tests.test_web_server -*-
+# -*- test-case-name: tests.web.test_pipeline,tests.web.test_server -*-
 """
 The ordered response side of the HTTP server (HTTP/1.1 pipelining), with no I/O.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_server -*-
+# -*- test-case-name: tests.web.test_server -*-
 """
 The thin Twisted half of the HTTP server: one L{HTTPServerProtocol} per
 connection.

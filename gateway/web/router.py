@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_topics,tests.test_aliyun,tests.test_web_emqx -*-
+# -*- test-case-name:tests.web.test_topics,tests.web.test_aliyun,tests.web.test_emqx -*-
 """
 Which API answers a request, decided by its path alone.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_server -*-
+# -*- test-case-name: tests.web.test_server -*-
 """
 A small HTTP/1.0 and HTTP/1.1 server on llhttp (C{httptools}): the factory
 (connection caps, drain, shared headers) and the handler interface.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_topics -*-
+# -*- test-case-name: tests.web.test_topics -*-
 """
 API 1: C{POST /topics/{topic}?qos=&retained=&...} (Tencent TDMQ style).
 

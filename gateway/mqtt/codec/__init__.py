@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_codec -*-
+# -*- test-case-name: tests.mqtt.test_codec -*-
 """
 MQTT 3.1.1 (protocol level 4) and MQTT 5 (level 5) packets as values, without I/O.
 

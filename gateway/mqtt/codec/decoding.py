@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_codec -*-
+# -*- test-case-name: tests.mqtt.test_codec -*-
 """
 Bytes to packets: the L{Decoder} of one direction of an MQTT byte stream, and
 a parser for each packet type.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_codec -*-
+# -*- test-case-name: tests.mqtt.test_codec -*-
 """
 Packets to bytes: L{encode} for every packet value, and the message path's
 fast form (L{message_properties}, L{encode_message}) that builds a PUBLISH

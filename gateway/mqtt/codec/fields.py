@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_codec -*-
+# -*- test-case-name: tests.mqtt.test_codec -*-
 """
 The primitive fields of MQTT packets: integers, variable byte integers,
 binary data, UTF-8 strings and string pairs, written and read.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_codec -*-
+# -*- test-case-name: tests.mqtt.test_codec -*-
 """
 The MQTT packets a publishing client and a broker exchange, as frozen values,
 and the protocol levels they are encoded at.

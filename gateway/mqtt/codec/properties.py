@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mqtt_codec -*-
+# -*- test-case-name: tests.mqtt.test_codec -*-
 """
 MQTT 5 properties, driven by one table: which property may appear in which
 packet, how each is written and read, and the bounds of its value.

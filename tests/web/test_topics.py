@@ -9,18 +9,18 @@ import json
 from typing import Any
 
 from hypothesis import given
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.identify import Authenticator
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Message
 from gateway.web.messages import API, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI, parse_publish, parse_topic
-from tests.fakes import PublisherFake
+from tests.fakes import FakePublisher, Passwords, TopicACL, fails, succeeds
 from tests.strategies import mqtt_text
 
 
@@ -37,36 +37,6 @@ def request(
         peer="127.0.0.1:5000",
         **kw,
     )
-
-
-class RecordingPublisher(PublisherFake):
-    """Stands in for the broker: records what it was asked and answers as told."""
-
-    connected = True
-
-    def __init__(self, answer: Deferred[PublishResult] | None = None) -> None:
-        super().__init__()
-        self.calls: list[tuple[Identity, Message]] = []
-        self.answer = answer
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        self.calls.append((identity, message))
-        if self.answer is not None:
-            return self.answer
-        return succeed(PublishResult("0123456789ABCDEF0123456789ABCDEF"))
-
-    def connection_closed(self, connection_id: str) -> None:
-        pass
-
-
-class DenyTopic:
-    def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
-        return topic != "secret"
-
-
-class Passwords:
-    def verify(self, user: str, password: bytes) -> bool:
-        return (user, password) == ("user0", b"secret0")
 
 
 class ParseTopicTests(SynchronousTestCase):
@@ -303,15 +273,15 @@ class TopicsAPITests(SynchronousTestCase):
     def answer(
         self,
         req: HTTPRequest,
-        core: RecordingPublisher | None = None,
+        core: FakePublisher | None = None,
         anonymous: bool = True,
     ) -> HTTPResponse:
-        publisher = core or RecordingPublisher()
+        publisher = core or FakePublisher()
         gateway = Gateway(
             publisher,
-            Authenticator(Passwords(), allow_anonymous=anonymous),
+            Authenticator(Passwords(user0="secret0"), allow_anonymous=anonymous),
             Clock(),
-            DenyTopic(),
+            TopicACL(lambda topic: topic != "secret"),
         )
         api = Router(TopicsAPI(gateway), publisher)
         result = api.handle(req)
@@ -332,7 +302,7 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_success(self) -> None:
         """200, empty body, X-Message-Id; the core got the message and identity."""
-        core = RecordingPublisher()
+        core = FakePublisher(succeeds("0123456789ABCDEF0123456789ABCDEF"))
         response = self.answer(request(b"/topics/home?client_id=curl-x", b"{}"), core)
         self.assertEqual(response.status, 200)
         self.assertEqual(response.body, b"")
@@ -349,13 +319,13 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_default_client_id(self) -> None:
         """Without client_id the sender is http-{connection id}."""
-        core = RecordingPublisher()
+        core = FakePublisher()
         self.answer(request(b"/topics/home"), core)
         self.assertEqual(core.calls[0][0].client_id, "http-c0ffee")
 
     def test_method_not_allowed(self) -> None:
         """GET on /topics/... is 405 with Allow: POST, and nothing is published."""
-        core = RecordingPublisher()
+        core = FakePublisher()
         for method in ("GET", "PUT", "DELETE", "HEAD"):
             response = self.answer(request(b"/topics/home", method=method), core)
             self.assertError(response, 405, "MethodNotAllowed")
@@ -371,7 +341,7 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_invalid_request_publishes_nothing(self) -> None:
         """A 400 for a parameter never reaches the core."""
-        core = RecordingPublisher()
+        core = FakePublisher()
         body = self.assertError(
             self.answer(request(b"/topics/home?retain=true"), core),
             400,
@@ -390,7 +360,7 @@ class TopicsAPITests(SynchronousTestCase):
             (from_reason_code(0x80), 502, "BrokerRejected", None),
         ]
         for error, status, code, retry in cases:
-            core = RecordingPublisher(fail(error))
+            core = FakePublisher(fails(error))
             response = self.answer(request(b"/topics/home"), core)
             self.assertError(response, status, code)
             self.assertEqual(dict(response.headers).get("Retry-After"), retry)
@@ -399,7 +369,7 @@ class TopicsAPITests(SynchronousTestCase):
     def test_authentication(self) -> None:
         """Without anonymous access: no or wrong credentials are 401 asking for
         Basic; the seed's credentials pass; username= needs its own password."""
-        core = RecordingPublisher()
+        core = FakePublisher()
         seed = ((b"authorization", b"Basic dXNlcjA6c2VjcmV0MA=="),)
         for headers, query in (((), b""), (((b"authorization", b"Basic eDp5"),), b"")):
             response = self.answer(
@@ -431,7 +401,7 @@ class TopicsAPITests(SynchronousTestCase):
 
     def test_acl_denied(self) -> None:
         """A topic the ACL denies is 403 and nothing is published."""
-        core = RecordingPublisher()
+        core = FakePublisher()
         self.assertError(
             self.answer(request(b"/topics/secret"), core), 403, "Forbidden"
         )

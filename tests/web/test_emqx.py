@@ -18,12 +18,12 @@ from gateway.config import LimitsConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.limits import RateLimiter
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Message, PublishResult
 from gateway.web.emqx import EMQXAPI, parse_batch, parse_message
 from gateway.web.messages import API, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI
-from tests.fakes import PublisherFake
+from tests.fakes import FakePublisher, Passwords, TopicACL
 
 ID = "0123456789ABCDEF0123456789ABCDEF"
 BASIC = b"Basic " + base64.b64encode(b"user0:secret0")
@@ -44,53 +44,26 @@ def request(
     )
 
 
-class TopicPublisher(PublisherFake):
+def by_topic(publisher: FakePublisher, message: Message) -> Deferred[PublishResult]:
     """
-    Stands in for the broker, answering by topic: C{nosub/...} matched no
-    subscriber (0x10), C{down/...} the broker is unreachable, C{refused/...}
-    the broker says not authorized (0x87), C{later/...} waits for the test.
+    An answer by topic: C{nosub/...} matched no subscriber (0x10), C{down/...} the
+    broker is unreachable, C{refused/...} the broker says not authorized (0x87),
+    C{old/...} the broker speaks MQTT 3.1.1 only, C{later/...} waits for the test.
     """
-
-    connected = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[Identity, Message]] = []
-        self.waiting: list[Deferred[PublishResult]] = []
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        self.calls.append((identity, message))
-        n = f"{len(self.calls):032X}"
-        if message.topic.startswith("nosub/"):
-            return succeed(PublishResult(n, reason_code=0x10))
-        if message.topic.startswith("down/"):
-            return fail(broker_unavailable("no broker session"))
-        if message.topic.startswith("refused/"):
-            return fail(from_reason_code(0x87))
-        if message.topic.startswith("old/"):
-            return fail(
-                GatewayError(
-                    Code.UnsupportedProperty, "the broker speaks MQTT 3.1.1 only"
-                )
-            )
-        if message.topic.startswith("later/"):
-            d: Deferred[PublishResult] = Deferred()
-            self.waiting.append(d)
-            return d
-        return succeed(PublishResult(n))
-
-    def connection_closed(self, connection_id: str) -> None:
-        pass
-
-
-class DenySecret:
-    def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
-        return not topic.startswith("secret")
-
-
-class Passwords:
-    def verify(self, user: str, password: bytes) -> bool:
-        return (user, password) == ("user0", b"secret0")
+    n = f"{len(publisher.calls):032X}"
+    if message.topic.startswith("nosub/"):
+        return succeed(PublishResult(n, reason_code=0x10))
+    if message.topic.startswith("down/"):
+        return fail(broker_unavailable("no broker session"))
+    if message.topic.startswith("refused/"):
+        return fail(from_reason_code(0x87))
+    if message.topic.startswith("old/"):
+        return fail(
+            GatewayError(Code.UnsupportedProperty, "the broker speaks MQTT 3.1.1 only")
+        )
+    if message.topic.startswith("later/"):
+        return publisher.later(message)
+    return publisher.numbered(message)
 
 
 class ParseMessageTests(SynchronousTestCase):
@@ -260,13 +233,13 @@ class ParseMessageTests(SynchronousTestCase):
 
 class EMQXAPITests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.publisher = TopicPublisher()
+        self.publisher = FakePublisher(by_topic)
         self.clock = Clock()
         self.core = Gateway(
             self.publisher,
-            Authenticator(Passwords(), allow_anonymous=False),
+            Authenticator(Passwords(user0="secret0"), allow_anonymous=False),
             self.clock,
-            DenySecret(),
+            TopicACL(lambda topic: not topic.startswith("secret")),
         )
         self.router = Router(
             TopicsAPI(self.core), self.publisher, emqx=EMQXAPI(self.core, max_batch=5)
@@ -536,7 +509,7 @@ class BrokerModeBulkTests(SynchronousTestCase):
         """In broker mode a bulk request of five messages whose password the
         broker refuses uses up one failed login of the address, not all five:
         the next request still reaches the broker."""
-        publisher = TopicPublisher()
+        publisher = FakePublisher(by_topic)
         core = Gateway(
             publisher,
             Authenticator(None, allow_anonymous=False, check_passwords=False),

@@ -1,7 +1,7 @@
 """
 What a 200 promises when the broker misbehaves: no packet wedges the session, QoS 0
 is answered only once the broker read it, QoS granted below what was asked is never
-hidden. Driven deterministically by the fake broker of L{tests.test_mqtt_session}.
+hidden. Driven deterministically by the fake broker of L{tests.fakes}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from gateway.errors import Code
 from gateway.model import PublishResult
 from gateway.mqtt import codec
-from tests.test_mqtt_session import FakeBroker, SessionTestCase
+from tests.fakes import FakeBroker, SessionTestCase
 
 
 def publishes(broker: FakeBroker) -> list[codec.Publish]:

@@ -34,8 +34,8 @@ from gateway.config import (
     TLSConfig,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.join(os.path.dirname(HERE), "conf", "gateway.toml")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "conf", "gateway.toml")
 BASE = os.path.abspath(os.sep + os.path.join("etc", "gw"))
 
 # The documented configuration block, verbatim: the contract for key names and defaults.

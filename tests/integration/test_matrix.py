@@ -1,7 +1,7 @@
 """
 Broker differences, end to end with curl: what the gateway answers on Aedes and
-RabbitMQ where they differ from Mosquitto (see tests/test_brokers.py for what each
-broker does on its own).
+RabbitMQ where they differ from Mosquitto (see tests/integration/test_brokers.py for
+what each broker does on its own).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from zope.interface import provider
 
 from tests.brokers import Subscriber
 from tests.brokers_more import SHARED_RABBITMQ_MAX_MESSAGE_SIZE, Aedes, shared_rabbitmq
-from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_integration import config
+from tests.gateway import CurlResult, RunningGateway, config, curl
 
 
 class _MatrixCase(TestCase):

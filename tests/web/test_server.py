@@ -32,6 +32,7 @@ from zope.interface import directlyProvides
 from gateway.errors import Code, GatewayError
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.server import HTTPServerFactory, HTTPServerProtocol
+from tests.gateway import responses
 
 DATE_0 = b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
 STANDARD = DATE_0 + b"Server: mqtt-http-gateway\r\n"
@@ -140,23 +141,6 @@ def post(
         headers,
         body,
     )
-
-
-def responses(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
-    """Split C{data} into (status, headers, body) using Content-Length."""
-    result = []
-    while data:
-        head, _, data = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b": ")
-            headers[name.lower()] = value
-        length = int(headers.get(b"content-length", b"0"))
-        result.append((status, headers, data[:length]))
-        data = data[length:]
-    return result
 
 
 def statuses(data: bytes) -> list[int]:

@@ -5,144 +5,15 @@ broker answers over StringTransports and a Clock stands in for time.
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Message
 from gateway.mqtt import codec
-from gateway.mqtt.protocol import MQTTClientProtocol
-from gateway.mqtt.publisher import SharedPublisher
-from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
+from tests.fakes import ME, FakeBroker, SessionTestCase
 
-
-@implementer(IStreamClientEndpoint)
-class FakeEndpoint:
-    """An endpoint whose connection attempts the test answers by hand."""
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[IProtocolFactory, Deferred[Any]]] = []
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.attempts.append((factory, d))
-        return d
-
-
-class FakeBroker:
-    """The broker's end of one connection: reads what the client wrote."""
-
-    def __init__(self, endpoint: FakeEndpoint) -> None:
-        factory, d = endpoint.attempts[-1]
-        self.protocol: MQTTClientProtocol = factory.buildProtocol(None)  # type: ignore[arg-type,assignment]
-        self.transport = StringTransport()
-        self.protocol.makeConnection(self.transport)
-        self.decoder = codec.Decoder(codec.MQTT_5)
-        d.callback(self.protocol)
-        [connect] = self.received()
-        assert isinstance(connect, codec.Connect)
-        self.connect: codec.Connect = connect
-        self.decoder.protocol_level = self.connect.protocol_level
-
-    def received(self) -> list[codec.Packet]:
-        data = self.transport.value()
-        self.transport.clear()
-        return self.decoder.feed(data)
-
-    def send(self, *packets: codec.Packet) -> None:
-        for packet in packets:
-            self.protocol.dataReceived(
-                codec.encode(packet, self.connect.protocol_level)
-            )
-
-    def accept(self, session_present: bool = False, **properties: Any) -> None:
-        self.send(
-            codec.Connack(
-                session_present=session_present,
-                properties=codec.Properties(**properties),
-            )
-        )
-
-    def drop(self) -> None:
-        self.transport.loseConnection()
-        self.protocol.connectionLost(Failure(ConnectionLost()))
-
-
-ME = Identity(client_id="dev-1", username="alice")
 SENDER = (("http-client-id", "dev-1"), ("http-username", "alice"))
-
-
-class SessionTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.endpoints = [FakeEndpoint(), FakeEndpoint()]
-        self.requests: list[Deferred[PublishResult]] = []
-        # Runs after the session stopped (cleanups run last-in, first-out): what a
-        # test left waiting was failed by the stop, which is not what it checks.
-        self.addCleanup(
-            lambda: [
-                d.addErrback(lambda f: f.trap(GatewayError)) for d in self.requests
-            ]
-        )
-
-    def start(self, protocol: str = "auto", **kw: Any) -> BrokerSession:
-        kw.setdefault("retry_policy", lambda attempt: 2.0**attempt)
-        session = BrokerSession(
-            [
-                Broker("mqtt://a", self.endpoints[0]),
-                Broker("mqtt://b", self.endpoints[1]),
-            ],
-            SessionSettings(client_id="gw", protocol=protocol, keepalive=10),
-            clock=self.clock,
-            **kw,
-        )
-        session.startService()
-        self.addCleanup(session.stopService)
-        self.publisher = SharedPublisher(session)
-        return session
-
-    def message(self, **kw: Any) -> Message:
-        kw.setdefault("topic", "t")
-        kw.setdefault("payload", b"p")
-        return Message(**kw)
-
-    def identity(self) -> Identity:
-        return ME
-
-    def publish(self, qos: int = 1, **kw: Any) -> Deferred[PublishResult]:
-        d = self.publisher.publish(self.message(qos=qos, **kw), ME)
-        self.requests.append(d)
-        return d
-
-    def connected_311(self) -> FakeBroker:
-        """Answer the first MQTT 3.1.1 session's two CONNECTs (clean, to wipe
-        what an earlier process left; then the one the broker keeps)."""
-        wipe = FakeBroker(self.endpoints[0])
-        wipe.accept()
-        wipe.drop()
-        broker = FakeBroker(self.endpoints[0])
-        broker.accept()
-        return broker
-
-    def connected(self, index: int = 0, **properties: Any) -> FakeBroker:
-        broker = FakeBroker(self.endpoints[index])
-        broker.accept(**properties)
-        return broker
-
-    def assertFailsWith(
-        self, d: Deferred[Any], status: int, code: Code
-    ) -> GatewayError:
-        error: GatewayError = self.failureResultOf(d, GatewayError).value
-        self.assertEqual((error.status, error.code), (status, code), error.message)
-        return error
 
 
 class HandshakeTests(SessionTestCase):

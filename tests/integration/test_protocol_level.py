@@ -15,8 +15,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import provider
 
 from tests.brokers import Amqtt, Mosquitto, Subscriber
-from tests.gateway import RunningGateway, curl
-from tests.test_integration import config
+from tests.gateway import RunningGateway, config, curl
 
 
 class _Logged(TestCase):

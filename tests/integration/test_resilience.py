@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import sys
 import tempfile
 from typing import Any
 
@@ -37,9 +36,8 @@ from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
-from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_mqtt_session import ME, FakeBroker, SessionTestCase
-from tests.test_web_server import responses
+from tests.fakes import ME, Daemon, FakeBroker, SessionTestCase
+from tests.gateway import CurlResult, RunningGateway, config_file, curl, responses
 
 
 class QueueBoundTests(SessionTestCase):
@@ -721,64 +719,19 @@ application = service.Application("mqtt-http-gateway")
 root.setServiceParent(application)
 """
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
-
-class Daemon:
-    """twistd running the gateway (through L{TAC}) in a child process."""
-
-    def __init__(self, config: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        directory = tempfile.mkdtemp(prefix="gateway-daemon-")
-        config_path = os.path.join(directory, "gateway.toml")
-        with open(config_path, "w") as f:
-            f.write(config)
-        self.tac = os.path.join(directory, "gateway.tac")
-        args = [
-            "--config",
-            config_path,
-            "--listen",
-            f"tcp:{self.port}:interface=127.0.0.1",
-        ]
-        with open(self.tac, "w") as f:
-            f.write(TAC.format(args=args, drain_timeout=10))
-        self.output = b""
-        self.ended: Deferred[int] = Deferred()
-
-    def start(self, case: TestCase) -> Deferred[None]:
-        from twisted.internet.protocol import ProcessProtocol
-
-        daemon = self
-
-        class Watch(ProcessProtocol):
-            def childDataReceived(self, fd: int, data: bytes) -> None:
-                daemon.output += data
-
-            def processEnded(self, reason: Any) -> None:
-                daemon.ended.callback(reason.value.exitCode)
-
-        self.process = _reactor().spawnProcess(
-            Watch(),
-            TWISTD,
-            [TWISTD, "--pidfile=", "-n", "-y", self.tac],
-            env=os.environ,
-        )
-
-        def kill() -> Deferred[int]:
-            if not self.ended.called:
-                self.process.signalProcess("KILL")
-            return self.ended
-
-        case.addCleanup(kill)
-        return ensureDeferred(
-            poll(
-                _reactor(),
-                lambda: b"Connected to" in self.output or self.ended.called,
-                15,
-                lambda: self.output.decode(errors="replace"),
-            )
-        )
+def tac_file(config: str, port: int) -> str:
+    """A C{.tac} file of L{TAC} serving C{config} on C{port} of 127.0.0.1."""
+    args = [
+        "--config",
+        config_file(config),
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+    ]
+    path = os.path.join(tempfile.mkdtemp(prefix="gateway-daemon-"), "gateway.tac")
+    with open(path, "w") as f:
+        f.write(TAC.format(args=args, drain_timeout=10))
+    return path
 
 
 def _refuses(port: int) -> bool:
@@ -803,8 +756,11 @@ class GracefulShutdownTests(IntegrationCase):
         proxy = HoldingProxy(broker.port)
         proxy_port = proxy.listen()
         self.addCleanup(proxy.stop)
-        daemon = Daemon(gateway_config(proxy_port, publish_timeout=8))
-        await daemon.start(self)
+        port = free_port()
+        daemon = Daemon(
+            self, tac=tac_file(gateway_config(proxy_port, publish_timeout=8), port)
+        )
+        await daemon.wait_for("Connected to")
         self.assertFalse(daemon.ended.called, daemon.output)
 
         proxy.holding = True
@@ -813,7 +769,7 @@ class GracefulShutdownTests(IntegrationCase):
             "POST",
             "--data",
             "in flight at SIGTERM",
-            f"{daemon.url}/topics/drain?qos=1",
+            f"http://127.0.0.1:{port}/topics/drain?qos=1",
         )
         reactor = self.reactor()
         await poll(
@@ -822,10 +778,10 @@ class GracefulShutdownTests(IntegrationCase):
             10,
             lambda: "the PUBLISH never reached the broker",
         )
-        daemon.process.signalProcess("TERM")
+        daemon.signal("TERM")
         await poll(
             reactor,
-            lambda: _refuses(daemon.port),
+            lambda: _refuses(port),
             5,
             lambda: "the daemon still accepts connections after SIGTERM",
         )
@@ -835,10 +791,10 @@ class GracefulShutdownTests(IntegrationCase):
         result = await answer
         self.assertEqual(result.status, 200, result.raw_head)
         self.assertEqual(result.headers["connection"], "close")
-        self.assertEqual(await daemon.ended, 0, daemon.output.decode(errors="replace"))
+        self.assertEqual(await daemon.ended, 0, daemon.output)
         [message] = await subscriber.wait_for(1)
         self.assertEqual(message.payload, b"in flight at SIGTERM")
-        output = daemon.output.decode(errors="replace")
+        output = daemon.output
         self.assertNotIn("Traceback", output)
         if os.environ.get("RESILIENCE_STATS"):
             print(output)

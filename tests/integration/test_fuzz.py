@@ -12,7 +12,6 @@ import os
 import random
 import re
 import socket
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from urllib.parse import quote_from_bytes
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.internet.threads import deferToThread
@@ -37,15 +36,13 @@ from gateway.errors import (
     from_reason_code,
 )
 from gateway.limits import RateLimiter
-from gateway.model import Identity, Message, PublishResult
 from gateway.web.messages import HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
 from tests.brokers import Mosquitto, free_port, poll
-from tests.fakes import PublisherFake
-from tests.gateway import curl
-from tests.test_web_server import responses
+from tests.fakes import TWISTD, FakePublisher, Passwords, TopicACL, fails
+from tests.gateway import curl, responses
 
 #: The documented error codes.
 DOCUMENTED_CODES = {
@@ -82,42 +79,14 @@ OUTCOMES: list[GatewayError | None] = [
 ]
 
 
-class Passwords:
-    def verify(self, user: str, password: bytes) -> bool:
-        return (user, password) == ("user", b"secret")
-
-
-class DenyPrefix:
-    def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
-        return not topic.startswith("deny")
-
-
-class ScriptedPublisher(PublisherFake):
-    """Answers each publish with the next scripted outcome."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.outcome: GatewayError | None = None
-        self.published: list[Message] = []
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        self.published.append(message)
-        if self.outcome is not None:
-            return fail(self.outcome)
-        return succeed(PublishResult(os.urandom(16).hex().upper()))
-
-    def connection_closed(self, connection_id: str) -> None:
-        pass
-
-
-def router(allow_anonymous: bool = True) -> tuple[Router, ScriptedPublisher]:
+def router(allow_anonymous: bool = True) -> tuple[Router, FakePublisher]:
     """API 1 on the real core: passwords, an ACL, tight client rate limits."""
-    publisher = ScriptedPublisher()
+    publisher = FakePublisher()
     core = Gateway(
         publisher,
-        Authenticator(Passwords(), allow_anonymous=allow_anonymous),
+        Authenticator(Passwords(user="secret"), allow_anonymous=allow_anonymous),
         Clock(),
-        DenyPrefix(),
+        TopicACL(lambda topic: not topic.startswith("deny")),
         limiter=RateLimiter(LimitsConfig(rate=0, client_rate=1, client_burst=3)),
     )
     return Router(TopicsAPI(core), publisher), publisher
@@ -285,13 +254,15 @@ class TopicsAPIFuzzTests(SynchronousTestCase, ResponseChecks):
         """
         handler, publisher = router(allow_anonymous=anonymous)
         for request, outcome in exchanges:
-            publisher.outcome = outcome
-            before = len(publisher.published)
+            publisher.answer = (
+                FakePublisher.numbered if outcome is None else fails(outcome)
+            )
+            before = len(publisher.calls)
             result = handler.handle(request)
             if isinstance(result, Deferred):
                 result = self.successResultOf(result)
             code = self.assertWellFormed(result)
-            published = len(publisher.published) - before
+            published = len(publisher.calls) - before
             if code is None:
                 self.assertEqual((published, outcome), (1, None))
             elif published:
@@ -370,7 +341,6 @@ class HTTPStackFuzzTests(SynchronousTestCase, ResponseChecks):
 
 # -- the real daemon, over real sockets
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 VALID = (
     b"POST /topics/fuzz/ok?qos=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello"

@@ -18,7 +18,7 @@ from typing import Any, cast
 from urllib.parse import urlencode
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.internet.threads import deferToThread
@@ -31,7 +31,7 @@ from gateway.config import AliyunConfig, LimitsConfig
 from gateway.core import Gateway, TopicPolicy
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.limits import KeyedBuckets, RateLimiter
-from gateway.model import Identity, Message, Proof, PublishResult
+from gateway.model import Identity, Message, Proof
 from gateway.tap import Listener
 from gateway.web.aliyun import (
     QOS,
@@ -48,10 +48,7 @@ from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
-from tests.brokers import Mosquitto, Subscriber, free_port, poll
-from tests.certs import PKI, make_pki
-from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_aliyun_signature import (
+from tests.aliyun_sdk import (
     KEY_ID,
     NOW,
     SECRET,
@@ -62,7 +59,10 @@ from tests.test_aliyun_signature import (
     rpc_query,
     rpc_request,
 )
-from tests.test_web_topics import DenyTopic, RecordingPublisher
+from tests.brokers import Mosquitto, Subscriber, free_port, poll
+from tests.certs import PKI, make_pki
+from tests.fakes import FakePublisher, TopicACL, fails
+from tests.gateway import CurlResult, RunningGateway, curl
 
 INSTANCE = "mqtt-cn-1"
 MSG_ID = re.compile(r"^[0-9A-F]{32}$")
@@ -70,20 +70,22 @@ REQUEST_ID = re.compile(
     r"^[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}$"
 )
 SDKS = ("acs3", "v2", "old")
+#: Publishing is allowed to every topic but C{secret}.
+NO_SECRET = TopicACL(lambda topic: topic != "secret")
 
 
 def make_api(
     *,
     acl: TopicPolicy | None = None,
-    publisher: RecordingPublisher | None = None,
+    publisher: FakePublisher | None = None,
     payload_encoding: str = "raw",
     max_payload: int | None = None,
     limiter: RateLimiter | None = None,
     failures: KeyedBuckets | None = None,
     now: float = NOW,
-) -> tuple[AliyunAPI, RecordingPublisher, Clock]:
+) -> tuple[AliyunAPI, FakePublisher, Clock]:
     """The adapter over the real core, with a recording publisher."""
-    publisher = publisher or RecordingPublisher()
+    publisher = publisher or FakePublisher()
     clock = Clock()
     clock.advance(now)
     core = Gateway(
@@ -284,7 +286,7 @@ class HandleTests(AnsweringTestCase):
 
     def test_refusals(self) -> None:
         """Every refusal has Alibaba's code, and nothing is published."""
-        api, publisher, _ = make_api(acl=DenyTopic())
+        api, publisher, _ = make_api(acl=NO_SECRET)
         account, topic = "CheckAccountInfoFailed", "InvalidParameter.MqttTopic"
         no_topic = {"InstanceId": INSTANCE, "Payload": "x"}
         cases: list[tuple[HTTPRequest, int, str]] = [
@@ -379,7 +381,7 @@ class HandleTests(AnsweringTestCase):
             (from_reason_code(0x87), 400, "PermissionCheckFailed"),
             (from_reason_code(0x97), 429, "SystemOverFlow"),
         ):
-            api, _, _ = make_api(publisher=RecordingPublisher(fail(error)))
+            api, _, _ = make_api(publisher=FakePublisher(fails(error)))
             self.assertRefused(api.handle(acs3_request()), status, code)
 
     def test_rate_limited(self) -> None:
@@ -655,14 +657,6 @@ async def wait_idle(factory: HTTPServerFactory) -> None:
     )
 
 
-class UnreachableBroker(RecordingPublisher):
-    """A publisher whose broker cannot be reached."""
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        self.calls.append((identity, message))
-        return fail(broker_unavailable("no broker"))
-
-
 class _Recorder:
     """A request handler that records the requests it passes on."""
 
@@ -699,12 +693,12 @@ class SDKTests(TestCase):
 
     def serve(
         self,
-        publisher: RecordingPublisher | None = None,
+        publisher: FakePublisher | None = None,
         limiter: RateLimiter | None = None,
-    ) -> tuple[str, _Recorder, RecordingPublisher]:
+    ) -> tuple[str, _Recorder, FakePublisher]:
         # Many refusals in one test: no limit on failed authentications.
         api, publisher, _ = make_api(
-            acl=DenyTopic(),
+            acl=NO_SECRET,
             publisher=publisher,
             limiter=limiter,
             failures=KeyedBuckets(rate=1000, burst=1000),
@@ -839,7 +833,9 @@ class SDKTests(TestCase):
     async def test_send_message_failed(self) -> None:
         """The broker unreachable: 500 SendMessageFailed (the SDKs' server
         error)."""
-        endpoint, _, _ = self.serve(publisher=UnreachableBroker())
+        endpoint, _, _ = self.serve(
+            publisher=FakePublisher(fails(broker_unavailable("no broker")))
+        )
         for sdk in SDKS:
             status, code, error = await refused(sdk, endpoint)
             self.assertEqual((status, code), (500, "SendMessageFailed"), sdk)

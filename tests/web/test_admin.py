@@ -15,12 +15,8 @@ from gateway.web.admin import AdminRouter
 from gateway.web.messages import API, AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.server import HTTPServerFactory
 from tests.brokers import Mosquitto, free_port, poll
-from tests.fakes import PublisherFake
+from tests.fakes import FakePublisher
 from tests.gateway import RunningGateway, curl
-
-
-class Publisher(PublisherFake):
-    connected = False
 
 
 def get(path: bytes, method: str = "GET", **headers: bytes) -> HTTPRequest:
@@ -33,7 +29,7 @@ def get(path: bytes, method: str = "GET", **headers: bytes) -> HTTPRequest:
 
 class AdminRouterTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.publisher = Publisher()
+        self.publisher = FakePublisher(connected=False)
         self.metrics = GatewayMetrics(Clock(), process_metrics=False)
         self.router = AdminRouter(self.publisher, self.metrics)
 
@@ -146,7 +142,7 @@ class AdminServerTests(SynchronousTestCase):
     """The router behind the gateway's own HTTP server, bytes in, bytes out."""
 
     def setUp(self) -> None:
-        self.publisher = Publisher()
+        self.publisher = FakePublisher(connected=False)
         self.metrics = GatewayMetrics(Clock(), process_metrics=False)
         self.factory = HTTPServerFactory(
             AdminRouter(self.publisher, self.metrics), max_body=4096, clock=Clock()

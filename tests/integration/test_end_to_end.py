@@ -16,25 +16,10 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import Amqtt, Mosquitto, Received, Subscriber
-from tests.gateway import CurlResult, RunningGateway, curl, password_file
+from tests.gateway import CurlResult, RunningGateway, config, curl
 
 MESSAGE_ID = re.compile(r"^[0-9A-F]{32}$")
 SEED_BODY = b'{ "message": "Hello, world" }'
-
-
-ANONYMOUS_AND_USERS = (
-    "[auth]\nallow_anonymous = true\n"
-    f'password_file = "{password_file(user0="secret0", bob="builder")}"\n'
-)
-
-
-def config(broker: str, *, protocol: str = "auto", extra: str = "") -> str:
-    return (
-        f'[mqtt]\nbrokers = ["{broker}"]\nprotocol = "{protocol}"\n'
-        "publish_timeout = 2\nkeepalive = 10\n"
-        '[log]\naccess = ""\n'
-        "[http]\nmax_body = 4096\n" + (extra or ANONYMOUS_AND_USERS)
-    )
 
 
 class GatewayTestCase(TestCase):

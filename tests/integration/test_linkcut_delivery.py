@@ -18,10 +18,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.brokers import Amqtt, Mosquitto, Subscriber
 from tests.brokers_more import Aedes, shared_rabbitmq
-from tests.gateway import RunningGateway
+from tests.gateway import RunningGateway, config
 from tests.linkcut_load import run_under_cuts
 from tests.linkcutter import LinkCutter
-from tests.test_integration import config
 
 PUBLISH_TIMEOUT = 2  # as config() writes it
 

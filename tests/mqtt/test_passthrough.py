@@ -19,8 +19,7 @@ from gateway.model import Identity, Message, Proof, PublishResult
 from gateway.mqtt import codec
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
-from tests.fakes import Connections
-from tests.test_mqtt_session import FakeBroker, FakeEndpoint
+from tests.fakes import Connections, FakeBroker, FakeEndpoint
 
 #: The connections of the current test (see L{Connections}).
 CONNECTIONS = Connections()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,16 +14,7 @@ from gateway.auth.identify import Authenticator, Claim, parse_basic, unauthorize
 from gateway.core import Gateway
 from gateway.errors import REALM, Code, GatewayError
 from gateway.model import Identity, Message, Proof
-
-
-class Passwords:
-    def __init__(self, **users: str) -> None:
-        self.users = {user: password.encode() for user, password in users.items()}
-        self.checked: list[str] = []
-
-    def verify(self, user: str, password: bytes) -> bool:
-        self.checked.append(user)
-        return self.users.get(user) == password
+from tests.fakes import FakePublisher, Passwords, fails
 
 
 def basic(user: str, password: str) -> bytes:
@@ -185,22 +175,11 @@ class AuthenticatorTests(SynchronousTestCase):
         self.assertEqual((identity.username, identity.password), ("bob", b"pw"))
 
 
-class Refusing:
-    """A broker that refuses every password."""
-
-    connected = True
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[None]:
-        return fail(GatewayError(Code.Unauthorized, "bad password"))
-
-    def connection_closed(self, connection_id: str) -> None:
-        pass
-
-
 class BrokerModeFailureTests(SynchronousTestCase):
     def setUp(self) -> None:
         auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
-        self.core = Gateway(Refusing(), auth, Clock())  # type: ignore[arg-type]
+        refusing = FakePublisher(fails(GatewayError(Code.Unauthorized, "bad password")))
+        self.core = Gateway(refusing, auth, Clock())
         self.claim = Claim(basic=("bob", b"guess"), peer="10.0.0.5:1")
 
     def assertGuarded(self) -> None:

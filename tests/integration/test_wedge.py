@@ -15,8 +15,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import provider
 
 from tests.brokers import Mosquitto, Subscriber
-from tests.gateway import CurlResult, RunningGateway, curl
-from tests.test_integration import config
+from tests.gateway import CurlResult, RunningGateway, config, curl
 
 # Each is a request a strict broker would disconnect on, if it were forwarded:
 # (path and query, the parameter the 400 names).

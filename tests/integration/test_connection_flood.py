@@ -18,8 +18,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import Mosquitto, free_port
-from tests.test_systemd import Daemon
-from tests.test_tap import write
+from tests.fakes import Daemon
+from tests.gateway import config_file
 
 OPEN_FILES = 256
 CAP = (OPEN_FILES - 100) // 2  # what the open-file limit allows
@@ -113,7 +113,7 @@ class FloodTests(TestCase):
         self.addCleanup(broker.stop)
         await broker.start()
         port = free_port()
-        config = write(
+        config = config_file(
             f"[http]\nmax_connections_per_source = {PER_SOURCE}\n"
             f'[mqtt]\nbrokers = ["mqtt://127.0.0.1:{broker.port}"]\n'
             '[auth]\nallow_anonymous = true\n[log]\naccess = ""\n'
