@@ -27,25 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.amqtt_logging import QUIET_AMQTT_LOGGING
+from gateway.local_broker import LocalBrokerService
 from gateway.mosquitto import MosquittoBrokerService, find_mosquitto
 
 log = Logger()
-_AMQTT_LOG = Logger(namespace="amqtt")
 
-# amqtt logs every connection and packet at INFO/DEBUG; only problems get through.
-_QUIET_LOGGERS = ("amqtt", "transitions")
 _SHUTDOWN_TIMEOUT = 10.0
 
 
@@ -75,84 +71,7 @@ def brokerConfig(host: str, port: int) -> dict[str, Any]:
     }
 
 
-class _ForwardToTwisted(logging.Handler):
-    """
-    Re-emit stdlib log records of amqtt as L{twisted.logger} events, from the reactor
-    thread.
-    """
-
-    _levels = {
-        logging.WARNING: LogLevel.warn,
-        logging.ERROR: LogLevel.error,
-        logging.CRITICAL: LogLevel.critical,
-    }
-
-    def __init__(self, callFromThread: Callable[..., Any]) -> None:
-        super().__init__(logging.WARNING)
-        self._callFromThread = callFromThread
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                message = f"{message}: {record.exc_info[1]}"
-            level = self._levels.get(
-                record.levelno,
-                LogLevel.warn if record.levelno < logging.ERROR else LogLevel.error,
-            )
-            self._callFromThread(
-                _AMQTT_LOG.emit, level, "amqtt: {message}", message=message
-            )
-        except Exception:
-            self.handleError(record)
-
-
-class _QuietAmqttLogging:
-    """
-    Reference-counted change of the global stdlib logging setup: amqtt's loggers at
-    WARNING, their records forwarded to twisted.logger instead of the root logger.
-    """
-
-    def __init__(self) -> None:
-        self._users = 0
-        self._handler: _ForwardToTwisted | None = None
-        self._saved: dict[str, tuple[int, bool]] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, callFromThread: Callable[..., Any]) -> None:
-        with self._lock:
-            self._users += 1
-            if self._users > 1:
-                return
-            self._handler = _ForwardToTwisted(callFromThread)
-            for name in _QUIET_LOGGERS:
-                logger = logging.getLogger(name)
-                self._saved[name] = (logger.level, logger.propagate)
-                logger.setLevel(logging.WARNING)
-            amqtt = logging.getLogger("amqtt")
-            amqtt.propagate = False
-            amqtt.addHandler(self._handler)
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users > 0:
-                return
-            amqtt = logging.getLogger("amqtt")
-            if self._handler is not None:
-                amqtt.removeHandler(self._handler)
-                self._handler = None
-            for name, (level, propagate) in self._saved.items():
-                logger = logging.getLogger(name)
-                logger.setLevel(level)
-                logger.propagate = propagate
-            self._saved.clear()
-
-
-_QUIET_LOGGING = _QuietAmqttLogging()
-
-
-class EmbeddedBrokerService(Service):
+class EmbeddedBrokerService(LocalBrokerService):
     """
     Runs an amqtt broker (MQTT 3.1.1, anonymous allowed, retained messages, QoS 0, 1
     and 2) on C{host:port} while this service is running.
@@ -171,13 +90,7 @@ class EmbeddedBrokerService(Service):
     def __init__(
         self, host: str = "127.0.0.1", port: int = 1883, reactor: Any = None
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self.host = host
-        self.port = port
-        self._reactor = reactor
+        super().__init__(host, port, reactor)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopRequested: asyncio.Event | None = None
@@ -189,11 +102,6 @@ class EmbeddedBrokerService(Service):
         # yet then, so callFromThread would not be heard).
         self._started = threading.Event()
         self._startError: EmbeddedBrokerError | None = None
-
-    @property
-    def address(self) -> str:
-        """C{host:port}, as written in log lines and errors."""
-        return f"{self.host}:{self.port}"
 
     def startService(self) -> None:
         """
@@ -209,7 +117,7 @@ class EmbeddedBrokerService(Service):
         self._startError = None
         self._loop = asyncio.new_event_loop()
         self._stopRequested = asyncio.Event()
-        _QUIET_LOGGING.acquire(self._reactor.callFromThread)
+        QUIET_AMQTT_LOGGING.acquire(self._reactor.callFromThread)
         self._thread = threading.Thread(
             target=self._run,
             args=(self._loop, self._stopRequested),
@@ -338,7 +246,7 @@ class EmbeddedBrokerService(Service):
         self._loop = None
         self._stopRequested = None
         self._finished = True
-        _QUIET_LOGGING.release()
+        QUIET_AMQTT_LOGGING.release()
         if problem is not None:
             log.failure(
                 "Embedded MQTT broker on {address} failed",

@@ -107,6 +107,18 @@ class GatewayError(Exception):
         return headers
 
 
+def method_not_allowed(method: str) -> GatewayError:
+    """
+    A request with another method than C{POST} to an API that takes only
+    C{POST} (405 with C{Allow: POST}).
+    """
+    return GatewayError(
+        Code.MethodNotAllowed,
+        f"{method} is not allowed here; use POST",
+        headers=(("Allow", "POST"),),
+    )
+
+
 def broker_unavailable(message: str, retry_after: int = 1) -> GatewayError:
     """
     The broker could not be reached or did not acknowledge in time (503).

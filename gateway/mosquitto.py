@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from gateway.local_broker import LocalBrokerService
 
 log = Logger()
 
@@ -142,7 +143,7 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-class MosquittoBrokerService(Service):
+class MosquittoBrokerService(LocalBrokerService):
     """
     Mosquitto on C{host:port} as a child process, supervised while this service
     runs.
@@ -164,15 +165,9 @@ class MosquittoBrokerService(Service):
         spawn: Callable[[Sequence[str], str], Child] = spawn,
         accepts: Callable[[str, int], bool] = _accepts,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self.host = host
-        self.port = port
+        super().__init__(host, port, reactor)
         self.executable = executable
         self.restarts = 0
-        self._reactor = reactor
         self._spawn = spawn
         self._accepts = accepts
         self._directory: str | None = None
@@ -181,11 +176,6 @@ class MosquittoBrokerService(Service):
         self._failures = 0
         self._restart_at: float | None = None
         self._watch: LoopingCall | None = None
-
-    @property
-    def address(self) -> str:
-        """C{host:port}, as written in log lines and errors."""
-        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:

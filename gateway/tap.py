@@ -22,15 +22,11 @@ from twisted.python import usage
 from gateway import __version__
 from gateway.accesslog import AccessLog
 from gateway.auth.acl import ACL
-from gateway.auth.certs import (
-    ReloadableServerTLS,
-    ServerTLSOptions,
-    load_server_options,
-    tls_factory,
-)
+from gateway.auth.certs import ServerTLSOptions, load_server_options, tls_factory
 from gateway.auth.files import load_setting
 from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
+from gateway.auth.tls_reload import ReloadableServerTLS
 from gateway.config import Config, ConfigError, default, load
 from gateway.core import Gateway
 from gateway.embedded import embedded_broker

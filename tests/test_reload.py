@@ -36,14 +36,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.accesslog import AccessLog
 from gateway.auth.acl import ACL
-from gateway.auth.certs import (
-    ReloadableServerTLS,
-    ServerTLSOptions,
-    load_server_options,
-)
+from gateway.auth.certs import ServerTLSOptions, load_server_options
 from gateway.auth.files import FileError
 from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
+from gateway.auth.tls_reload import ReloadableServerTLS
 from gateway.config import Config, ConfigError, LimitsConfig, load
 from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
 from gateway.swappable import daemon_parts

@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.auth.test_certs -*-
 """
-HTTPS with device certificates.
+HTTPS with device certificates: one immutable set of server TLS settings.
 
-L{load_server_options} turns the C{[tls]} files into one immutable set of server
-TLS settings; L{ReloadableServerTLS} hands new connections to the current set and
-lets a reload swap it; L{tls_factory} serves HTTPS with it on any stream server
-endpoint; L{peer_common_name} reads a sender's identity from its verified
+L{load_server_options} turns the C{[tls]} files (read by L{gateway.auth.tls_files})
+into a L{ServerTLSOptions}; L{tls_factory} serves HTTPS with it on any stream server
+endpoint. L{gateway.auth.tls_reload.ReloadableServerTLS} swaps sets on a reload, and
+L{gateway.auth.device_identity} reads a sender's identity from its verified
 certificate.
 
 Choices made here:
@@ -21,7 +21,7 @@ Choices made here:
     server-side session cache for TLS 1.2 clients without ticket support (BearSSL
     on many microcontrollers). A resumed session keeps the client certificate
     verified in its full handshake. Each loaded settings set has its own ticket
-    keys and cache, so after L{ReloadableServerTLS.swap} (e.g. with a new CRL)
+    keys and cache, so after a reload swaps the set (e.g. with a new CRL)
     every device makes a full, freshly verified handshake.
   - ALPN: the protocols come from the wrapped factory (its
     C{acceptableProtocols()}, in its order of preference). A client offering
@@ -41,17 +41,10 @@ Choices made here:
 
 from __future__ import annotations
 
-import datetime
-import re
-import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from OpenSSL.crypto import X509, X509StoreContext, X509StoreContextError, X509StoreFlags
 from twisted.internet.interfaces import (
@@ -64,16 +57,22 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from gateway.auth.files import read_bytes
-from gateway.config import ConfigError, TLSConfig
+from gateway.auth.device_identity import device_certificate_problem
+from gateway.auth.tls_files import (
+    SigningKey,
+    TLSConfigError,
+    first_line,
+    read_certificates,
+    read_crls,
+    read_key,
+    same_public_key,
+)
+from gateway.config import TLSConfig
 
 __all__ = [
-    "ReloadableServerTLS",
     "ServerTLSOptions",
-    "TLSConfigError",
-    "device_certificate_problem",
     "load_server_options",
-    "peer_common_name",
+    "peer_address",
     "tls_factory",
 ]
 
@@ -101,30 +100,11 @@ _TLS12_CIPHERS = b":".join(
     )
 )
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL
-)
-
-# The private key types OpenSSL (through pyOpenSSL) can serve a certificate with.
-SigningKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-    | dsa.DSAPrivateKey
-)
-
 _VERIFY_ERRORS = {
     value: name.removeprefix("ERR_").replace("_", " ").lower()
     for name, value in vars(SSL.X509VerificationCodes).items()
     if name.startswith("ERR_") and isinstance(value, int)
 }
-
-
-#: A C{[tls]} file that cannot be used: a L{ConfigError} whose message is one
-#: line naming the key and the file, e.g. C{tls.cert: cannot read
-#: /etc/x/server.crt: No such file or directory}.
-TLSConfigError = ConfigError
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -256,98 +236,12 @@ class ServerTLSOptions:
         _log.info(
             "Refused the TLS client certificate of {peer}: {reason} "
             "(depth {depth}: {subject})",
-            peer=_peer(connection),
+            peer=peer_address(connection),
             reason=reason,
             depth=depth,
             subject=_subject(certificate),
         )
         return False
-
-
-@implementer(IOpenSSLServerConnectionCreator)
-class ReloadableServerTLS:
-    """
-    The server TLS settings of a listener, replaceable while it runs.
-
-    Each new connection is made with the current settings; L{swap} replaces them
-    for connections accepted afterwards, and closes the open connections whose
-    device certificate the new settings refuse (revoked by the new CRL, no
-    longer trusted by the new client CA, no client certificates taken any
-    more): a revoked device must not keep publishing on a keep-alive
-    connection. Other open connections are left alone.
-    """
-
-    def __init__(self, options: IOpenSSLServerConnectionCreator) -> None:
-        """
-        @param options: the settings to start with, usually from
-            L{load_server_options}.
-        """
-        self._options = options
-        self._retired_refusals = 0
-        # Each open connection (its TLS protocol) and the settings it was made
-        # with; entries go when the protocol does.
-        self._open: weakref.WeakKeyDictionary[Any, IOpenSSLServerConnectionCreator]
-        self._open = weakref.WeakKeyDictionary()
-
-    @property
-    def options(self) -> IOpenSSLServerConnectionCreator:
-        """
-        The settings new connections are made with.
-        """
-        return self._options
-
-    @property
-    def refused_certificates(self) -> int:
-        """
-        How many client certificates failed verification, over all settings
-        this has held.
-        """
-        return self._retired_refusals + _refusals(self._options)
-
-    def swap(self, options: IOpenSSLServerConnectionCreator) -> int:
-        """
-        Make new connections with C{options} from now on, and close the open
-        connections whose client certificate C{options} would refuse (see
-        L{ServerTLSOptions.refusal}). A connection still in its handshake that
-        was asked for a certificate is closed too: it was verified (or is
-        being verified) against the old settings, and the client can connect
-        again at once. Each closed connection is logged.
-
-        @return: how many connections were closed.
-        """
-        self._retired_refusals += _refusals(self._options)
-        self._options = options
-        closed = 0
-        for protocol, made_with in list(self._open.items()):
-            connection = protocol.getHandle() if protocol.connected else None
-            if connection is None or made_with is options:
-                continue
-            if getattr(made_with, "client_cert", "none") == "none":
-                continue  # no device certificate on it
-            reason: str | None
-            if connection.get_peer_finished() is None:
-                reason = "its handshake was not complete when the settings changed"
-            else:
-                reason = _refusal(options, connection)
-            if reason is None:
-                continue
-            _log.info(
-                "Closed the TLS connection of {peer} after a reload: {reason}",
-                peer=_peer(connection),
-                reason=reason,
-            )
-            protocol.abortConnection()
-            closed += 1
-        return closed
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        """
-        A new server-side TLS connection with the current settings.
-        """
-        options = self._options
-        connection = options.serverConnectionForTLS(tlsProtocol)
-        self._open[tlsProtocol] = options
-        return connection
 
 
 def load_server_options(tls: TLSConfig) -> ServerTLSOptions:
@@ -371,9 +265,9 @@ def load_server_options(tls: TLSConfig) -> ServerTLSOptions:
             f"tls.client_cert: must be one of {', '.join(CLIENT_CERT_MODES)}, "
             f"not {mode!r}"
         )
-    chain = _read_certificates("tls.cert", tls.cert)
-    key = _read_key("tls.key", tls.key)
-    if _public_bytes(key.public_key()) != _public_bytes(chain[0].public_key()):
+    chain = read_certificates("tls.cert", tls.cert)
+    key = read_key("tls.key", tls.key)
+    if not same_public_key(key.public_key(), chain[0].public_key()):
         raise TLSConfigError(
             f"tls.key: {tls.key} does not match the first certificate in {tls.cert}"
         )
@@ -384,9 +278,9 @@ def load_server_options(tls: TLSConfig) -> ServerTLSOptions:
             raise TLSConfigError(
                 f"tls.client_ca: not set; it is needed with client_cert = {mode!r}"
             )
-        anchors = _read_certificates("tls.client_ca", tls.client_ca)
+        anchors = read_certificates("tls.client_ca", tls.client_ca)
         if tls.crl is not None:
-            crls = _read_crls("tls.crl", tls.crl)
+            crls = read_crls("tls.crl", tls.crl)
     try:
         return ServerTLSOptions(
             chain, key, client_cert=mode, anchors=anchors, crls=crls
@@ -415,43 +309,6 @@ def tls_factory(
     return TLSMemoryBIOFactory(creator, False, factory, clock=reactor)
 
 
-def peer_common_name(certificate: x509.Certificate) -> str | None:
-    """
-    The common name (CN) in C{certificate}'s subject, or C{None} unless it has
-    exactly one, not empty.
-    """
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1:
-        return None
-    value = names[0].value
-    return value if isinstance(value, str) and value else None
-
-
-def device_certificate_problem(certificate: x509.Certificate) -> str | None:
-    """
-    Why C{certificate} cannot be a device's, or C{None}: a device certificate
-    is an end-entity certificate (no C{CA:TRUE} basic constraint) whose subject
-    has exactly one common name, not empty.
-    """
-    try:
-        constraints = certificate.extensions.get_extension_for_class(
-            x509.BasicConstraints
-        ).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is not None and constraints.ca:
-        return "it is a CA certificate (CA:TRUE), not a device certificate"
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1:
-        return (
-            f"its subject has {len(names)} common names (CN); a device "
-            "certificate needs exactly one"
-        )
-    if not names[0].value:
-        return "its common name (CN) is empty"
-    return None
-
-
 def _device_problem(certificate: X509) -> str | None:
     """
     L{device_certificate_problem} of an OpenSSL certificate; one that cannot be
@@ -460,7 +317,7 @@ def _device_problem(certificate: X509) -> str | None:
     try:
         return device_certificate_problem(certificate.to_cryptography())
     except Exception as error:
-        return f"its certificate cannot be read: {_first_line(error)}"
+        return f"its certificate cannot be read: {first_line(error)}"
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
@@ -495,24 +352,6 @@ def _crl_scope(
     return "leaf"
 
 
-def _refusal(options: object, connection: SSL.Connection) -> str | None:
-    """
-    Why C{options} refuse the client certificate of C{connection}, or C{None}
-    (also for settings that cannot say, and for a connection without one).
-    """
-    certificate = connection.get_peer_certificate()
-    refusal = getattr(options, "refusal", None)
-    if certificate is None or refusal is None:
-        return None
-    reason: str | None = refusal(certificate, connection.get_peer_cert_chain() or [])
-    return reason
-
-
-def _refusals(options: object) -> int:
-    count = getattr(options, "refused_certificates", 0)
-    return count if isinstance(count, int) else 0
-
-
 def _subject(certificate: X509) -> str:
     """
     C{certificate}'s subject for logs (a verify callback must not raise).
@@ -523,7 +362,7 @@ def _subject(certificate: X509) -> str:
         return "?"
 
 
-def _peer(connection: SSL.Connection) -> str:
+def peer_address(connection: SSL.Connection) -> str:
     """
     The client's address as C{host:port}, for logs.
     """
@@ -534,107 +373,3 @@ def _peer(connection: SSL.Connection) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     return f"{host}:{port}" if host is not None else str(address)
-
-
-def _read(key: str, path: str | None) -> bytes:
-    """
-    The bytes of the file named by the setting C{key}.
-    """
-    if path is None:
-        raise TLSConfigError(f"{key}: not set")
-    return read_bytes(path, key)
-
-
-def _read_certificates(key: str, path: str | None) -> list[x509.Certificate]:
-    """
-    The PEM certificates in a file, in file order; at least one.
-    """
-    data = _read(key, path)
-    blocks = [
-        m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) == b"CERTIFICATE"
-    ]
-    if not blocks:
-        raise TLSConfigError(f"{key}: {path} holds no PEM certificate")
-    certificates = []
-    for number, block in enumerate(blocks, 1):
-        try:
-            certificates.append(x509.load_pem_x509_certificate(block))
-        except ValueError as error:
-            raise TLSConfigError(
-                f"{key}: certificate {number} in {path} is not valid: "
-                f"{_first_line(error)}"
-            ) from error
-    return certificates
-
-
-def _read_key(key: str, path: str | None) -> SigningKey:
-    """
-    The first PEM private key in a file.
-    """
-    data = _read(key, path)
-    block = next(
-        (
-            m.group(0)
-            for m in _PEM_BLOCK.finditer(data)
-            if m.group(1).endswith(b"PRIVATE KEY")
-        ),
-        None,
-    )
-    if block is None:
-        raise TLSConfigError(f"{key}: {path} holds no PEM private key")
-    try:
-        private_key = serialization.load_pem_private_key(block, password=None)
-    except TypeError as error:
-        raise TLSConfigError(
-            f"{key}: {path} is encrypted; the key must have no passphrase"
-        ) from error
-    except (ValueError, UnsupportedAlgorithm) as error:
-        raise TLSConfigError(
-            f"{key}: {path} is not a valid private key: {_first_line(error)}"
-        ) from error
-    if not isinstance(private_key, SigningKey):
-        raise TLSConfigError(f"{key}: {path} holds a key that cannot sign")
-    return private_key
-
-
-def _read_crls(key: str, path: str) -> list[x509.CertificateRevocationList]:
-    """
-    The CRLs in a PEM (one or more) or DER (one) file; none of them expired.
-    """
-    data = _read(key, path)
-    try:
-        if b"-----BEGIN" in data:
-            crls = [
-                x509.load_pem_x509_crl(m.group(0))
-                for m in _PEM_BLOCK.finditer(data)
-                if m.group(1) == b"X509 CRL"
-            ]
-        else:
-            crls = [x509.load_der_x509_crl(data)]
-    except ValueError as error:
-        raise TLSConfigError(f"{key}: {path} is not a PEM or DER CRL") from error
-    if not crls:
-        raise TLSConfigError(f"{key}: {path} is not a PEM or DER CRL")
-    now = datetime.datetime.now(datetime.UTC)
-    for crl in crls:
-        next_update = crl.next_update_utc
-        if next_update is not None and next_update < now:
-            raise TLSConfigError(
-                f"{key}: the CRL from {crl.issuer.rfc4514_string()} in {path} "
-                f"expired at {next_update:%Y-%m-%d %H:%M:%S} UTC; every "
-                "certificate it covers would be refused"
-            )
-    return crls
-
-
-def _public_bytes(public_key: Any) -> bytes:
-    return bytes(
-        public_key.public_bytes(
-            serialization.Encoding.DER,
-            serialization.PublicFormat.SubjectPublicKeyInfo,
-        )
-    )
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__

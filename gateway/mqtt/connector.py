@@ -33,16 +33,15 @@ from collections.abc import Callable
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from gateway.mqtt import codec
+from gateway.mqtt.opening import disconnected, open_connection
 from gateway.mqtt.protocol import ConnectFailed, MQTTClientProtocol
 
 #: Seconds of silence after an MQTT 5 CONNECT before a 3.1.1 probe is sent.
@@ -90,77 +89,32 @@ class SessionSettings:
 Say = Callable[..., None]
 
 
-class _ProtocolFactory(Factory):
-    noisy = False
-
-    def __init__(self, build: Callable[[], MQTTClientProtocol]) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: IAddress | None) -> MQTTClientProtocol:
-        protocol = self._build()
-        protocol.factory = self
-        return protocol
-
-
-def _open(
-    broker: Broker,
-    connect: codec.Connect,
-    clock: IReactorTime,
-    connack_timeout: float,
-) -> tuple[Deferred[MQTTClientProtocol], list[MQTTClientProtocol]]:
-    """
-    Open a connection and send C{connect}; the Deferred fires with the protocol
-    once its CONNACK accepted the session. The list receives the protocol as
-    soon as it exists, so that a caller can close it while it is pending.
-    """
-    built: list[MQTTClientProtocol] = []
-
-    def build() -> MQTTClientProtocol:
-        protocol = MQTTClientProtocol(connect, clock, connack_timeout)
-        built.append(protocol)
-        return protocol
-
-    d: Deferred[MQTTClientProtocol] = broker.endpoint.connect(  # type: ignore[assignment]
-        _ProtocolFactory(build)
-    )
-
-    def handshake(protocol: MQTTClientProtocol) -> Deferred[MQTTClientProtocol]:
-        return protocol.handshake.addCallback(lambda _: protocol)
-
-    return d.addCallback(handshake), built
-
-
+@attrs.define(eq=False)
 class _Attempt:
     """One call of L{connect}: the state of the level decision for one broker."""
 
-    def __init__(
-        self,
-        broker: Broker,
-        settings: SessionSettings,
-        clock: IReactorTime,
-        *,
-        levels: dict[str, int],
-        fresh: bool,
-        say: Say,
-        probe_delay: float,
-    ) -> None:
-        self.broker = broker
-        self.settings = settings
-        self.clock = clock
-        self.levels = levels
-        self.fresh = fresh
-        self.say = say
-        self.probe_delay = probe_delay
-        self.result: Deferred[MQTTClientProtocol] = Deferred(self._cancel)
-        self._pending: Deferred[MQTTClientProtocol] | None = None
-        self._built: list[MQTTClientProtocol] = []
-        self._probe_timer: IDelayedCall | None = None
-        self._probe: Deferred[MQTTClientProtocol] | None = None
-        self._probe_built: list[MQTTClientProtocol] = []
-        self._probe_silent = False
-        # Whether a 3.1.1 CONNACK now shows that the broker speaks 3.1.1 only.
-        self._learn_from_311 = False
-        self._done = False
+    broker: Broker
+    settings: SessionSettings
+    clock: IReactorTime
+    levels: dict[str, int]
+    fresh: bool
+    say: Say
+    probe_delay: float
+    result: Deferred[MQTTClientProtocol] = attrs.field(init=False)
+    _pending: Deferred[MQTTClientProtocol] | None = attrs.field(
+        init=False, default=None
+    )
+    _built: list[MQTTClientProtocol] = attrs.field(init=False, factory=list)
+    _probe_timer: IDelayedCall | None = attrs.field(init=False, default=None)
+    _probe: Deferred[MQTTClientProtocol] | None = attrs.field(init=False, default=None)
+    _probe_built: list[MQTTClientProtocol] = attrs.field(init=False, factory=list)
+    _probe_silent: bool = attrs.field(init=False, default=False)
+    # Whether a 3.1.1 CONNACK now shows that the broker speaks 3.1.1 only.
+    _learn_from_311: bool = attrs.field(init=False, default=False)
+    _done: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.result = Deferred(self._cancel)
 
     def start(self) -> Deferred[MQTTClientProtocol]:
         settings = self.settings
@@ -193,9 +147,7 @@ class _Attempt:
                 else codec.NO_PROPERTIES
             ),
         )
-        d, self._built = _open(
-            self.broker, connect, self.clock, settings.connack_timeout
-        )
+        d, self._built = self._open(connect)
         self._pending = d
         if settings.protocol == "auto":
             self._probe_timer = self.clock.callLater(self.probe_delay, self._send_probe)
@@ -250,9 +202,7 @@ class _Attempt:
             username=settings.username,
             password=settings.password if settings.username is not None else None,
         )
-        self._probe, self._probe_built = _open(
-            self.broker, connect, self.clock, settings.connack_timeout
-        )
+        self._probe, self._probe_built = self._open(connect)
         self._probe.addCallbacks(self._probe_answered, self._probe_failed)
 
     def _probe_answered(self, protocol: MQTTClientProtocol) -> None:
@@ -308,9 +258,7 @@ class _Attempt:
                 username=settings.username,
                 password=settings.password,
             )
-            d, self._built = _open(
-                self.broker, packet, self.clock, settings.connack_timeout
-            )
+            d, self._built = self._open(packet)
             self._pending = d
             return d
 
@@ -330,15 +278,19 @@ class _Attempt:
         if keep and self.fresh:
             # Empty the session first, then make it one the broker keeps.
             def wiped(protocol: MQTTClientProtocol) -> Deferred[MQTTClientProtocol]:
-                closed: Deferred[None] = Deferred()
-                protocol.attach(_OnClose(closed))
-                protocol.disconnect()
-                return closed.addCallback(lambda _: connect(False))
+                return disconnected(protocol).addCallback(lambda _: connect(False))
 
             d = connect(True).addCallback(wiped)
         else:
             d = connect(not keep)
         d.addBoth(learn).addCallbacks(self._succeeded, self._failed)
+
+    def _open(
+        self, packet: codec.Connect
+    ) -> tuple[Deferred[MQTTClientProtocol], list[MQTTClientProtocol]]:
+        return open_connection(
+            self.broker.endpoint, packet, self.clock, self.settings.connack_timeout
+        )
 
     # -- the end
 
@@ -375,20 +327,6 @@ class _Attempt:
                 protocol.transport.loseConnection()
 
 
-class _OnClose:
-    """A listener that only waits for the connection to end."""
-
-    def __init__(self, closed: Deferred[None]) -> None:
-        self._closed = closed
-
-    def packet_received(self, packet: codec.Packet) -> None:
-        """Nothing is expected on a connection being closed."""
-
-    def connection_lost(self, protocol: MQTTClientProtocol, reason: Failure) -> None:
-        if not self._closed.called:
-            self._closed.callback(None)
-
-
 def connect(
     broker: Broker,
     settings: SessionSettings,
@@ -410,12 +348,5 @@ def connect(
         a gateway session) rather than resume what the broker kept.
     @param say: where decisions about the protocol level are logged.
     """
-    return _Attempt(
-        broker,
-        settings,
-        clock,
-        levels=levels,
-        fresh=fresh,
-        say=say,
-        probe_delay=probe_delay,
-    ).start()
+    attempt = _Attempt(broker, settings, clock, levels, fresh, say, probe_delay)
+    return attempt.start()

@@ -19,11 +19,9 @@ from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.clock import default_clock
@@ -33,6 +31,7 @@ from gateway.model import Connection, Identity, Message, PublishResult
 from gateway.mqtt.oneshot import OneShotSession
 from gateway.mqtt.outcomes import Outcome, PublishFailed
 from gateway.mqtt.publisher import as_gateway_error
+from gateway.mqtt.reachability import ReachabilityProbe
 from gateway.mqtt.session import Broker, BrokerSession, SessionSettings
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 
@@ -131,7 +130,7 @@ class PassthroughPublisher(Service):
         self._probe = (
             None
             if probe_interval is None
-            else _Probe(self.brokers, clock, probe_interval, self._reachable)
+            else ReachabilityProbe(self.brokers, clock, probe_interval, self._reachable)
         )
 
     @property
@@ -364,86 +363,3 @@ class PassthroughPublisher(Service):
             self._log.info("An MQTT broker is reachable again")
         else:
             self._log.warn("No MQTT broker is reachable; not ready")
-
-
-class _Probe:
-    """
-    Whether any broker accepts a TCP connection; asked again every C{interval}
-    seconds until one does.
-    """
-
-    def __init__(
-        self,
-        brokers: Sequence[Broker],
-        clock: IReactorTime,
-        interval: float,
-        report: Callable[[bool], None],
-    ) -> None:
-        self._brokers = brokers
-        self._clock = clock
-        self._interval = interval
-        self._report = report
-        self._round: Deferred[bool] | None = None
-        self._next: IDelayedCall | None = None
-
-    def check(self) -> None:
-        """Start finding out, unless already finding out."""
-        if self._round is None and self._next is None:
-            self._start()
-
-    def stop(self) -> None:
-        """Stop asking."""
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._next = None
-        running, self._round = self._round, None
-        if running is not None:
-            running.cancel()
-
-    def _start(self) -> None:
-        self._next = None
-        self._round = d = self._try(0)
-        d.addCallback(self._done)
-        d.addErrback(_ignore_stopped)
-
-    def _try(self, index: int) -> Deferred[bool]:
-        if index == len(self._brokers):
-            return succeed(False)
-        d = self._brokers[index].endpoint.connect(_CLOSE_AT_ONCE)
-        d.addTimeout(self._interval, self._clock)
-
-        def answered(protocol: Protocol) -> bool:
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
-            return True
-
-        def next_one(failure: Failure) -> Deferred[bool]:
-            if self._round is None:
-                raise _Stopped()
-            return self._try(index + 1)
-
-        return d.addCallbacks(answered, next_one)
-
-    def _done(self, reachable: bool) -> None:
-        self._round = None
-        self._report(reachable)
-        if not reachable:
-            self._next = self._clock.callLater(self._interval, self._start)
-
-
-class _Stopped(Exception):
-    """The probe was stopped mid-round."""
-
-
-def _ignore_stopped(failure: Failure) -> None:
-    failure.trap(_Stopped)
-
-
-class _CloseAtOnce(Protocol):
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()
-
-
-_CLOSE_AT_ONCE = Factory.forProtocol(_CloseAtOnce)
-_CLOSE_AT_ONCE.noisy = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from gateway.auth.certs import peer_common_name
+from gateway.auth.device_identity import peer_common_name
 from gateway.auth.identify import Claim, parse_basic
 from gateway.web.messages import HTTPRequest
 

@@ -5,6 +5,7 @@ Which API answers a request, decided by its path alone.
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet.defer import Deferred
 
 from gateway.errors import Code, GatewayError
@@ -16,6 +17,7 @@ from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.topics import TOPICS_PREFIX, TopicsAPI, error_response
 
 
+@attrs.define(eq=False)
 class Router:
     """
     The device-facing request handler: C{/topics/...} goes to API 1; C{/} goes to
@@ -27,17 +29,10 @@ class Router:
     @ivar emqx: API 3's adapter, or C{None} when it is not served.
     """
 
-    def __init__(
-        self,
-        topics: TopicsAPI,
-        publisher: IPublisher,
-        aliyun: AliyunAPI | None = None,
-        emqx: EMQXAPI | None = None,
-    ) -> None:
-        self.topics = topics
-        self.publisher = publisher
-        self.aliyun = aliyun
-        self.emqx = emqx
+    topics: TopicsAPI
+    publisher: IPublisher
+    aliyun: AliyunAPI | None = None
+    emqx: EMQXAPI | None = None
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer C{request} with the API its path names."""

@@ -19,12 +19,13 @@ from twisted.internet.defer import Deferred
 
 from gateway.auth.identify import Claim
 from gateway.core import Gateway
-from gateway.errors import Code, GatewayError
+from gateway.errors import Code, GatewayError, method_not_allowed
 from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.claims import request_claim
 from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.numbers import bounded_integer
+from gateway.web.urlencoded import form_fields
 
 TOPICS_PREFIX = b"/topics/"
 MAX_U32 = 4294967295
@@ -103,12 +104,7 @@ def parse_query(query: bytes) -> dict[str, tuple[str, str]]:
         UTF-8.
     """
     params: dict[str, tuple[str, str]] = {}
-    if not query:
-        return params
-    for field in query.replace(b"+", b" ").split(b"&"):
-        if not field:
-            continue
-        raw_name, _, raw_value = field.partition(b"=")
+    for raw_name, raw_value in form_fields(query):
         name = _decode(raw_name, "name")
         key = name.lower()
         if key in params:
@@ -285,14 +281,7 @@ class TopicsAPI:
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer one request to C{/topics/...}."""
         if request.method != "POST":
-            return error_response(
-                GatewayError(
-                    Code.MethodNotAllowed,
-                    f"{request.method} is not allowed here; use POST",
-                    headers=(("Allow", "POST"),),
-                ),
-                _LOG,
-            )
+            return error_response(method_not_allowed(request.method), _LOG)
         try:
             asked = parse_publish(request)
             claim = claim_of(request, asked)

@@ -32,7 +32,7 @@ from gateway.auth.aliyun_signature import (
     rpc_string_to_sign,
 )
 from gateway.errors import Code, GatewayError
-from gateway.web.aliyun import parse_parameters, signed_request
+from gateway.web.aliyun_requests import parse_parameters, signed_request
 from gateway.web.messages import HTTPRequest
 from tests.aliyun_sdk import (
     KEY_ID,

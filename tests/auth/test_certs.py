@@ -27,15 +27,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.auth.certs import (
-    ReloadableServerTLS,
-    ServerTLSOptions,
-    TLSConfigError,
-    device_certificate_problem,
-    load_server_options,
-    peer_common_name,
-    tls_factory,
-)
+from gateway.auth.certs import ServerTLSOptions, load_server_options, tls_factory
+from gateway.auth.device_identity import device_certificate_problem, peer_common_name
+from gateway.auth.tls_files import TLSConfigError
+from gateway.auth.tls_reload import ReloadableServerTLS
 from gateway.config import TLSConfig
 from gateway.errors import GatewayError
 from gateway.web.messages import HTTPRequest, HTTPResponse

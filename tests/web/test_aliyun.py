@@ -33,17 +33,13 @@ from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_c
 from gateway.limits import KeyedBuckets, RateLimiter
 from gateway.model import Identity, Message, Proof
 from gateway.tap import Listener
-from gateway.web.aliyun import (
-    QOS,
-    RETAIN,
-    AliyunAPI,
-    alibaba_status_and_code,
-    error_response,
-    max_target_bytes,
+from gateway.web.aliyun import QOS, RETAIN, AliyunAPI, max_target_bytes
+from gateway.web.aliyun_requests import (
     parse_parameters,
     parse_send_message,
     signed_request,
 )
+from gateway.web.aliyun_responses import alibaba_status_and_code, error_response
 from gateway.web.messages import API, AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory

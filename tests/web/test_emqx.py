@@ -19,7 +19,8 @@ from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.limits import RateLimiter
 from gateway.model import Message, PublishResult
-from gateway.web.emqx import EMQXAPI, parse_batch, parse_message
+from gateway.web.emqx import EMQXAPI
+from gateway.web.emqx_requests import parse_batch, parse_message
 from gateway.web.messages import API, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI
