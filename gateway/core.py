@@ -9,9 +9,10 @@ get back a L{PublishResult} or a L{GatewayError}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 
@@ -29,6 +30,18 @@ class TopicPolicy(Protocol):
 
     def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:
         """Whether the sender may publish to C{topic}."""
+
+
+@attrs.frozen
+class Submitted:
+    """
+    What the front door made of one request: who sent it, and for each of its
+    messages a L{Deferred} firing with the broker's L{PublishResult} or failing
+    with a L{GatewayError}.
+    """
+
+    identity: Identity
+    results: list[Deferred[PublishResult]]
 
 
 class Gateway:
@@ -87,29 +100,24 @@ class Gateway:
         if limiter is not None:
             limiter.check(identity, self._clock.seconds())
 
-    def submit(self, claim: Claim, message: Message) -> Deferred[PublishResult]:
+    def submit(
+        self, claim: Claim, messages: Callable[[], Sequence[Message]]
+    ) -> Submitted:
         """
-        The front door of every API: identify the sender of C{claim}, then
-        L{publish} C{message} for it.
+        The front door of every API: identify the sender of C{claim} once, then
+        read its C{messages} (only then: the body of a sender who cannot be
+        identified is never parsed), and authorize, rate-limit and publish each
+        of them for it (L{publish_each}).
 
-        @return: fires with the broker's L{PublishResult}, or fails with a
-            L{GatewayError} (see L{identify} and L{publish}).
+        @raise GatewayError: 401, 403 or 429 when the sender cannot be identified
+            (see L{identify}), or what C{messages} raises; nothing is published
+            then.
         """
-        try:
-            identity = self.identify(claim)
-        except GatewayError as e:
-            return fail(e)
-        return self.publish(identity, message)
-
-    def publish(self, identity: Identity, message: Message) -> Deferred[PublishResult]:
-        """
-        L{submit} for a sender identified already: one request of one message.
-        """
-        (sent,) = self.publish_each(identity, [message])
-        return sent
+        identity = self.identify(claim)
+        return Submitted(identity, self.publish_each(identity, messages()))
 
     def publish_each(
-        self, identity: Identity, messages: list[Message]
+        self, identity: Identity, messages: Sequence[Message]
     ) -> list[Deferred[PublishResult]]:
         """
         Authorize each message of one request of a sender identified once (by

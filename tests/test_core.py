@@ -36,7 +36,8 @@ class GatewayTests(SynchronousTestCase):
         )
 
     def publish(self, core: Gateway, topic: str = "ok") -> Deferred[PublishResult]:
-        return core.publish(DEVICE, Message(topic, b"x"))
+        (sent,) = core.publish_each(DEVICE, [Message(topic, b"x")])
+        return sent
 
     def refusal(self, d: Deferred[PublishResult]) -> GatewayError:
         error: GatewayError = self.failureResultOf(d, GatewayError).value
@@ -72,13 +73,19 @@ class GatewayTests(SynchronousTestCase):
         connection the message came by."""
         core = self.gateway(rate=0, burst=0, client_rate=1, client_burst=1)
         self.successResultOf(
-            core.publish(Identity("dev-1", connection_id="c1"), Message("ok", b""))
+            core.publish_each(
+                Identity("dev-1", connection_id="c1"), [Message("ok", b"")]
+            )[0]
         )
         error = self.refusal(
-            core.publish(Identity("dev-1", connection_id="c2"), Message("ok", b""))
+            core.publish_each(
+                Identity("dev-1", connection_id="c2"), [Message("ok", b"")]
+            )[0]
         )
         self.assertEqual(error.retry_after, 1)
-        self.successResultOf(core.publish(Identity("dev-2"), Message("ok", b"")))
+        self.successResultOf(
+            core.publish_each(Identity("dev-2"), [Message("ok", b"")])[0]
+        )
 
     def test_authorized_first(self) -> None:
         """A message the ACL refuses is a 403 and uses up no rate."""

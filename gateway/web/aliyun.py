@@ -139,7 +139,11 @@ class AliyunAPI:
             failure.trap(GatewayError)
             return error_response(failure.value, log)
 
-        return self.core.submit(claim, message).addCallbacks(done, failed)
+        try:
+            submitted = self.core.submit(claim, lambda: [message])
+        except GatewayError as e:
+            return error_response(e, log)
+        return submitted.results[0].addCallbacks(done, failed)
 
     def authenticate(self, request: SignedRequest, peer: str) -> str:
         """

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from gateway.core import Gateway
 from gateway.errors import GatewayError, method_not_allowed
+from gateway.model import Message
 from gateway.web.claims import request_claim
 from gateway.web.emqx_requests import decode_json, parse_batch, parse_message
 from gateway.web.emqx_responses import (
@@ -74,21 +75,25 @@ class EMQXAPI:
         if request.method != "POST":
             return render_error(method_not_allowed(request.method))
         bulk = request.path == BULK_PATH
-        try:
-            identity = self.core.identify(request_claim(request))
+
+        def messages() -> list[Message]:
             value = decode_json(request.body)
-            messages = (
-                parse_batch(value, self.max_batch) if bulk else [parse_message(value)]
-            )
+            if bulk:
+                return parse_batch(value, self.max_batch)
+            return [parse_message(value)]
+
+        try:
+            # Identified once for the request, whose messages are sent each on
+            # its own.
+            submitted = self.core.submit(request_claim(request), messages)
         except GatewayError as e:
             return render_error(e, credentials_sent=sent)
+        identity = submitted.identity
         log = AccessLogFields(
             api=API.EMQX, client_id=identity.client_id, user=identity.username
         )
-        # Identified once for the request, whose messages are sent each on its own.
         published = [
-            d.addCallbacks(item_result, _failed_item)
-            for d in self.core.publish_each(identity, messages)
+            d.addCallbacks(item_result, _failed_item) for d in submitted.results
         ]
         if not bulk:
             return published[0].addCallback(self._single, log)

@@ -284,10 +284,12 @@ class TopicsAPI:
             return error_response(method_not_allowed(request.method), _LOG)
         try:
             asked = parse_publish(request)
-            claim = claim_of(request, asked)
-            identity = self.core.identify(claim)
+            submitted = self.core.submit(
+                claim_of(request, asked), lambda: [asked.message]
+            )
         except GatewayError as e:
             return error_response(e, _LOG)
+        identity = submitted.identity
         log = AccessLogFields(
             api=API.TOPICS, client_id=identity.client_id, user=identity.username
         )
@@ -305,7 +307,7 @@ class TopicsAPI:
             failure.trap(GatewayError)
             return error_response(failure.value, log)
 
-        return self.core.publish(identity, asked.message).addCallbacks(done, failed)
+        return submitted.results[0].addCallbacks(done, failed)
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         """Render an error the HTTP server found before this adapter ran."""

@@ -191,7 +191,7 @@ class BrokerModeFailureTests(SynchronousTestCase):
         """In broker mode the broker's 401s count as failed authentications of the
         sender's address: after five, the gateway answers 429 itself."""
         for _ in range(5):
-            d = self.core.publish(self.core.identify(self.claim), Message("t", b""))
+            (d,) = self.core.submit(self.claim, lambda: [Message("t", b"")]).results
             self.failureResultOf(d, GatewayError)
         self.assertGuarded()
 
@@ -204,6 +204,6 @@ class BrokerModeFailureTests(SynchronousTestCase):
         for d in batch:
             self.failureResultOf(d, GatewayError)
         for _ in range(4):
-            d = self.core.submit(self.claim, Message("t", b""))
+            (d,) = self.core.submit(self.claim, lambda: [Message("t", b"")]).results
             self.assertEqual(self.failureResultOf(d, GatewayError).value.status, 401)
         self.assertGuarded()
