@@ -20,11 +20,12 @@ from zope.interface import implementer
 
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
 from tests.certs import PKI, make_pki
-from tests.gateway import CurlResult, RunningGateway, curl
+from tests.gateway import CurlResult, RunningGateway, curl, password_file
 from tests.proxy.balancer import Frontend, HAProxy, RawClient
 
 #: The devices' source addresses: loopback, but not the balancer's 127.0.0.1.
 DEVICE, OTHER_DEVICE = "127.0.0.2", "127.0.0.3"
+PASSWORDS = password_file(bob="builder")
 KEEP_ALIVE_POST = (
     b"POST /topics/held HTTP/1.1\r\nHost: gateway\r\nContent-Length: 1\r\n\r\nx"
 )
@@ -42,6 +43,7 @@ def gateway_config(
         f'cert = "{pki.server_chain}"\nkey = "{pki.server_key}"\n'
         f'client_ca = "{pki.ca}"\ncrl = "{pki.crl}"\nclient_cert = "optional"\n'
         "[auth]\nallow_anonymous = true\n"
+        f'password_file = "{PASSWORDS}"\n'
     )
 
 
@@ -209,6 +211,19 @@ class BehindHAProxyTests(TestCase):
         other, peer = await self.post("first-only", OTHER_DEVICE)
         self.assertEqual(other.status, 200, other.raw_head)
         self.assertEqual((await self.record_of(peer))["status"], 200)
+
+    async def test_failed_logins(self) -> None:
+        """Failed logins count against the device's address, not the
+        balancer's: another device behind it still logs in."""
+        statuses = []
+        for _ in range(6):
+            failed, _ = await self.post("first-only", DEVICE, "-u", "bob:wrong")
+            statuses.append(failed.status)
+        self.assertEqual(statuses, [401] * 5 + [429])
+        ok, _ = await self.post("first-only", OTHER_DEVICE, "-u", "bob:builder")
+        self.assertEqual(ok.status, 200, ok.raw_head)
+        refused, _ = await self.post("first-only", DEVICE, "-u", "bob:builder")
+        self.assertEqual(refused.status, 429, refused.raw_head)
 
     async def test_bad_header(self) -> None:
         """A connection straight to a gateway's PROXY port with a bad header, or
