@@ -14,14 +14,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
 from tests.certs import PKI, make_pki
 from tests.gateway import CurlResult, RunningGateway, curl, password_file
 from tests.proxy.balancer import Frontend, HAProxy, RawClient
+from tests.proxy.test_proxied import capture_log
 
 #: The devices' source addresses: loopback, but not the balancer's 127.0.0.1.
 DEVICE, OTHER_DEVICE = "127.0.0.2", "127.0.0.3"
@@ -99,14 +98,7 @@ class BehindHAProxyTests(TestCase):
         self.subscriber = Subscriber("127.0.0.1", self.broker.port, "#")
         self.addCleanup(self.subscriber.stop)
         await self.subscriber.start()
-        self.log: list[str] = []
-
-        @implementer(ILogObserver)
-        def observe(event: LogEvent) -> None:
-            self.log.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.log = capture_log(self)
 
     def setUp(self) -> Deferred[None]:  # type: ignore[override]
         return ensureDeferred(self.start())
