@@ -11,11 +11,11 @@ from typing import Any
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from gateway.config import Config, ConfigError
+from gateway.proxied import server_endpoint
 from gateway.startup import StartupError
 from gateway.web.server import connection_limit, limited_by_open_files, open_file_limit
 
@@ -53,7 +53,10 @@ def parse_endpoints(config: Config, reactor: Any) -> Endpoints:
         parsed = []
         for description in descriptions:
             try:
-                parsed.append((description, serverFromString(reactor, description)))
+                # A PROXY header may take as long as an idle connection lives.
+                timeout = config.http.idle_timeout
+                endpoint = server_endpoint(reactor, description, timeout)
+                parsed.append((description, endpoint))
             except Exception as e:
                 raise ConfigError(f"{key}: bad endpoint {description!r}: {e}") from None
         return tuple(parsed)
