@@ -120,6 +120,7 @@ def adapter_us_per_message(batch: int, repeats: int = 200) -> float:
 
     from gateway.auth.identify import Authenticator
     from gateway.core import Gateway
+    from gateway.model import Connection, Peer
     from gateway.web.emqx import EMQXAPI
     from gateway.web.messages import HTTPRequest
     from tests.fakes import FakePublisher, succeeds
@@ -135,8 +136,7 @@ def adapter_us_per_message(batch: int, repeats: int = 200) -> float:
         method="POST",
         path=b"/api/v5/publish/bulk",
         body=json.dumps(items).encode(),
-        connection_id="bench",
-        peer=f"{HOST}:1",
+        connection=Connection("bench", Peer(HOST, 1)),
     )
     started = time.process_time()
     for _ in range(repeats):

@@ -81,6 +81,7 @@ def run(password_file: Path, user: str, password: str) -> list[Timing]:
     from gateway.auth.passwords import PasswordFile, VerificationCache
     from gateway.core import Gateway
     from gateway.interfaces import IPublisher
+    from gateway.model import Connection, Peer
     from gateway.web.messages import HTTPRequest
     from gateway.web.topics import claim_of, parse_publish
 
@@ -153,8 +154,7 @@ def run(password_file: Path, user: str, password: str) -> list[Timing]:
             query=b"qos=1",
             headers=tuple(headers),
             body=b"001:" + b"0" * 60,
-            connection_id="1",
-            peer="127.0.0.1:40000",
+            connection=Connection("1", Peer("127.0.0.1", 40000)),
             keep_alive=True,
         )
 

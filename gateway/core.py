@@ -20,7 +20,7 @@ from gateway.auth.identify import Authenticator, Claim
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Identity, Message, Peer, PublishResult
 
 T = TypeVar("T")
 
@@ -145,7 +145,7 @@ class Gateway:
         except GatewayError as e:
             return fail(e)
 
-    def attempt(self, peer: str, now: float, check: Callable[[], T]) -> T:
+    def attempt(self, peer: Peer, now: float, check: Callable[[], T]) -> T:
         """
         An API's own authentication of C{peer} at C{now} (e.g. a signature):
         refused while the address has failed too often, counted when it fails

@@ -19,27 +19,60 @@ from twisted.logger import Logger
 _log = Logger()
 
 
+@attrs.frozen
+class Peer:
+    """
+    Where a connection comes from: the client's address as the server saw it
+    (or as a load balancer's PROXY header said).
+
+    @ivar host: the IP address, which per-address limits count; C{"unix"} for
+        every client of a UNIX socket.
+    @ivar port: the client's port, if it has one.
+    """
+
+    host: str = ""
+    port: int | None = None
+
+    def __str__(self) -> str:
+        """C{host:port} (C{[v6host]:port} for IPv6), or the host alone."""
+        if self.port is None:
+            return self.host
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
 class Connection:
     """
-    One client connection (an HTTP connection), as a handle the message path
-    carries: its id, and the way to hear that it closed.
+    One client connection (an HTTP connection), as the handle the message path
+    carries: its id, where it comes from, whether it stays open after the
+    request being handled, and the way to hear that it closed.
 
     Whatever is kept for the connection (broker mode's per-sender sessions)
     registers with L{when_closed}; the server that owns the connection calls
     L{close} once it is gone.
 
     @ivar id: unique to the connection, stable across the requests it carries.
+    @ivar peer: the client's address.
+    @ivar keep_alive: whether the connection stays open for more requests after
+        the one being handled (HTTP/1.1 keep-alive); broker mode keeps the
+        sender's session that long.
     """
 
-    __slots__ = ("_callbacks", "_closed", "id")
+    __slots__ = ("_callbacks", "_closed", "id", "keep_alive", "peer")
 
-    def __init__(self, id: str) -> None:
+    def __init__(
+        self, id: str = "", peer: Peer | None = None, *, keep_alive: bool = True
+    ) -> None:
         self.id = id
+        self.peer = Peer() if peer is None else peer
+        self.keep_alive = keep_alive
         self._closed = False
         self._callbacks: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
-        return f"<Connection {self.id}{' closed' if self._closed else ''}>"
+        closed = " closed" if self._closed else ""
+        return f"<Connection {self.id} from {self.peer}{closed}>"
 
     @property
     def closed(self) -> bool:
@@ -69,6 +102,14 @@ class Connection:
                 _log.failure("A callback on a closed connection failed")
 
 
+def no_connection() -> Connection:
+    """
+    The handle of a message that came on no connection the gateway serves (made
+    by a test or a benchmark): no id, no address, nothing to keep open for.
+    """
+    return Connection(keep_alive=False)
+
+
 class Proof(enum.Enum):
     """How the sender's identity was established."""
 
@@ -86,24 +127,18 @@ class Identity:
     @ivar client_id: the MQTT client id the message is sent as (or on behalf of).
     @ivar username: the user name used for authentication and ACLs, or C{None}.
     @ivar proof: how the identity was established.
-    @ivar peer: the source address, C{"host:port"}.
     @ivar password: the password the sender presented (kept for broker mode, never
         shown by C{repr}).
-    @ivar connection_id: the HTTP connection the request came on.
-    @ivar keep_alive: whether that connection stays open for more requests (HTTP/1.1
-        keep-alive); broker mode keeps the sender's session that long.
-    @ivar connection: the handle of that connection (whose closing broker mode
-        hears), or C{None}.
+    @ivar connection: the handle of the connection the request came on: its id,
+        the client's address, whether it stays open (whose closing broker mode
+        hears).
     """
 
     client_id: str
     username: str | None = None
     proof: Proof = Proof.ANONYMOUS
-    peer: str = ""
     password: bytes | None = attrs.field(default=None, repr=False)
-    connection_id: str = ""
-    keep_alive: bool = False
-    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
+    connection: Connection = attrs.field(factory=no_connection, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from urllib.parse import urlencode
 
 from gateway.auth.aliyun_signature import ACS3_ALGORITHMS
+from gateway.model import Connection, Peer
 from gateway.web.messages import HTTPRequest
 
 NOW = 1_700_000_000.0
@@ -82,8 +83,7 @@ def acs3_request(
         query=urlencode(query).encode(),
         headers=tuple(wire),
         body=body,
-        peer="127.0.0.1:5000",
-        connection_id="c0ffee",
+        connection=Connection("c0ffee", Peer("127.0.0.1", 5000)),
     )
 
 
@@ -128,8 +128,7 @@ def rpc_request(
         path=b"/",
         query=urlencode(query).encode(),
         headers=((b"host", HOST.encode()),),
-        peer="127.0.0.1:5000",
-        connection_id="c0ffee",
+        connection=Connection("c0ffee", Peer("127.0.0.1", 5000)),
     )
 
 

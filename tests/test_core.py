@@ -14,7 +14,7 @@ from gateway.config import LimitsConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
 from gateway.limits import RateLimiter
-from gateway.model import Identity, Message, PublishResult
+from gateway.model import Connection, Identity, Message, PublishResult
 from tests.fakes import FakePublisher, TopicACL
 
 DEVICE = Identity(client_id="dev-1")
@@ -74,12 +74,12 @@ class GatewayTests(SynchronousTestCase):
         core = self.gateway(rate=0, burst=0, client_rate=1, client_burst=1)
         self.successResultOf(
             core.publish_each(
-                Identity("dev-1", connection_id="c1"), [Message("ok", b"")]
+                Identity("dev-1", connection=Connection("c1")), [Message("ok", b"")]
             )[0]
         )
         error = self.refusal(
             core.publish_each(
-                Identity("dev-1", connection_id="c2"), [Message("ok", b"")]
+                Identity("dev-1", connection=Connection("c2")), [Message("ok", b"")]
             )[0]
         )
         self.assertEqual(error.retry_after, 1)
@@ -118,5 +118,5 @@ class GatewayTests(SynchronousTestCase):
         core = Gateway(
             self.publisher, Recording(None, allow_anonymous=True), self.clock
         )
-        identity = core.identify(Claim(connection_id="abc"))
+        identity = core.identify(Claim(connection=Connection("abc")))
         self.assertEqual((identity.client_id, seen), ("http-abc", [1000.0]))

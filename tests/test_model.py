@@ -44,6 +44,4 @@ class ConnectionTests(SynchronousTestCase):
     def test_identity_equality(self) -> None:
         """The handle travels with an identity without changing what it
         equals."""
-        self.assertEqual(
-            Identity("d", connection=Connection("c1")), Identity("d", connection=None)
-        )
+        self.assertEqual(Identity("d", connection=Connection("c1")), Identity("d"))

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from gateway.errors import Code, GatewayError
 from gateway.limits import KeyedBuckets, retry_after
-from gateway.model import Connection, Identity, Proof
+from gateway.model import Connection, Identity, Peer, Proof, no_connection
 from gateway.mqtt.strings import string_problem
 
 T = TypeVar("T")
@@ -40,10 +40,8 @@ class Claim:
     @ivar certificate_cn: the subject CN of a verified client certificate.
     @ivar client_id: the C{client_id} parameter.
     @ivar username: the C{username} parameter.
-    @ivar connection_id: the HTTP connection's id (default client ids).
-    @ivar peer: the source address, C{host:port}.
-    @ivar keep_alive: whether the HTTP connection stays open after this request.
-    @ivar connection: the HTTP connection's handle, or C{None}.
+    @ivar connection: the handle of the HTTP connection the request came on
+        (its id names default client ids; its peer is counted by failed logins).
     """
 
     basic: tuple[str, bytes] | None = attrs.field(default=None, repr=False)
@@ -51,22 +49,13 @@ class Claim:
     certificate_cn: str | None = None
     client_id: str | None = None
     username: str | None = None
-    connection_id: str = ""
-    peer: str = ""
-    keep_alive: bool = False
-    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
+    connection: Connection = attrs.field(factory=no_connection, eq=False, repr=False)
 
     def identity(self, **fields: Any) -> Identity:
         """An identity for this claim's sender: C{fields}, and the claim's client
-        id (or the connection's default one), peer and connection."""
-        fields.setdefault("client_id", self.client_id or f"http-{self.connection_id}")
-        return Identity(
-            peer=self.peer,
-            connection_id=self.connection_id,
-            keep_alive=self.keep_alive,
-            connection=self.connection,
-            **fields,
-        )
+        id (or the connection's default one) and connection."""
+        fields.setdefault("client_id", self.client_id or f"http-{self.connection.id}")
+        return Identity(connection=self.connection, **fields)
 
 
 def parse_basic(header: bytes | None) -> tuple[str, bytes] | None:
@@ -110,11 +99,6 @@ def _check_string(parameter: str, what: str, text: str) -> None:
 def unauthorized(message: str) -> GatewayError:
     """A 401 (which asks for Basic credentials)."""
     return GatewayError(Code.Unauthorized, message)
-
-
-def _host(peer: str) -> str:
-    host, _, _ = peer.rpartition(":")
-    return host or peer
 
 
 class Authenticator:
@@ -183,7 +167,7 @@ class Authenticator:
                 )
         return claim.identity(client_id=cn, username=cn, proof=Proof.CERTIFICATE)
 
-    def attempt(self, peer: str, now: float, check: Callable[[], T]) -> T:
+    def attempt(self, peer: Peer, now: float, check: Callable[[], T]) -> T:
         """
         Run C{check}, an authentication of C{peer}, unless its address has failed
         too often; a C{GatewayError} it raises counts as a failed authentication
@@ -219,18 +203,18 @@ class Authenticator:
             error = failure.value
             if not counted and isinstance(error, GatewayError) and error.status == 401:
                 counted = True
-                self.record_failure(identity.peer, clock())
+                self.record_failure(identity.connection.peer, clock())
             return failure
 
         return count
 
-    def guard(self, peer: str, now: float) -> None:
+    def guard(self, peer: Peer, now: float) -> None:
         """
         Refuse an address that has failed to authenticate too often.
 
         @raise GatewayError: 429 with the wait until its next attempt.
         """
-        wait = self.failures.wait(_host(peer), now)
+        wait = self.failures.wait(peer.host, now)
         if wait:
             raise GatewayError(
                 Code.RateLimited,
@@ -238,9 +222,9 @@ class Authenticator:
                 retry_after=retry_after(wait),
             )
 
-    def record_failure(self, peer: str, now: float) -> None:
+    def record_failure(self, peer: Peer, now: float) -> None:
         """Count a failed authentication from C{peer}'s address."""
-        self.failures.take(_host(peer), now)
+        self.failures.take(peer.host, now)
 
     def _password(self, claim: Claim, now: float) -> Identity:
         assert claim.basic is not None
@@ -248,7 +232,7 @@ class Authenticator:
         user = claim.username if claim.username is not None else basic_user
         # In broker mode the broker checks the password; the core reports its
         # refusals (see refusal_counter).
-        self.attempt(claim.peer, now, lambda: self._verify(user, password))
+        self.attempt(claim.connection.peer, now, lambda: self._verify(user, password))
         return claim.identity(username=user, proof=Proof.PASSWORD, password=password)
 
     def _verify(self, user: str, password: bytes) -> None:

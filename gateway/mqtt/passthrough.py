@@ -161,9 +161,8 @@ class PassthroughPublisher(Service):
             return fail(
                 GatewayError(Code.Forbidden, "client id in use by another user")
             )
-        connection = identity.connection
-        if identity.keep_alive and connection is not None:
-            self._hold(sender, connection)
+        if identity.connection.keep_alive:
+            self._hold(sender, identity.connection)
         sender.pending += 1
         self._touch(sender)
         d = sender.session.publish(message).addErrback(as_gateway_error)

@@ -30,7 +30,7 @@ from gateway.auth.identify import Claim
 from gateway.config import AliyunConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError
-from gateway.model import Message, PublishResult
+from gateway.model import Message, Peer, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES
 from gateway.web.aliyun_requests import (
     AliyunError,
@@ -94,7 +94,7 @@ class AliyunAPI:
         try:
             signed = signed_request(request)
             check_action(signed)
-            access_key_id = self.authenticate(signed, request.peer)
+            access_key_id = self.authenticate(signed, request.connection.peer)
             log = AccessLogFields(
                 api=API.ALIYUN, client_id=access_key_id, user=access_key_id
             )
@@ -117,9 +117,6 @@ class AliyunAPI:
                 access_key_id,
                 self.config.access_keys[access_key_id].encode("utf-8"),
             ),
-            peer=request.peer,
-            connection_id=request.connection_id,
-            keep_alive=request.keep_alive,
             connection=request.connection,
         )
         message = Message(
@@ -145,7 +142,7 @@ class AliyunAPI:
             return error_response(e, log)
         return submitted.results[0].addCallbacks(done, failed)
 
-    def authenticate(self, request: SignedRequest, peer: str) -> str:
+    def authenticate(self, request: SignedRequest, peer: Peer) -> str:
         """
         The AccessKeyId that signed C{request}.
 

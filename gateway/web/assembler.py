@@ -20,7 +20,7 @@ from typing import NoReturn
 import httptools
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Connection
+from gateway.model import Connection, no_connection
 from gateway.web.framing import framing_error
 from gateway.web.messages import HTTPRequest
 from gateway.web.numbers import bounded_integer
@@ -79,7 +79,6 @@ class RequestAssembler:
 
     @ivar started: whether a request is being received (its first byte came).
     @ivar start: when the request being received (or the last one) began.
-    @ivar peer: the client's address, copied into every request.
     @ivar draining: set by the owner to make the next complete request the last.
     """
 
@@ -91,7 +90,6 @@ class RequestAssembler:
         max_header_bytes: int,
         max_target_bytes: int,
         connection: Connection | None = None,
-        peer: str = "",
         peer_certificate: Callable[[], object] = lambda: None,
     ) -> None:
         """
@@ -99,9 +97,8 @@ class RequestAssembler:
         @param max_body: the largest body accepted, in bytes.
         @param max_header_bytes: the largest header block (names and values).
         @param max_target_bytes: the longest request target.
-        @param connection: the connection's handle, copied into every request
-            (with its id).
-        @param peer: copied into every request.
+        @param connection: the connection's handle (its id, the client's
+            address), copied into every request.
         @param peer_certificate: returns the TLS client certificate (or C{None})
             for every request.
         """
@@ -110,9 +107,7 @@ class RequestAssembler:
         self._max_header_bytes = max_header_bytes
         self._max_target_bytes = max_target_bytes
         self._head_limit = max_header_bytes + max_target_bytes + _HEAD_SLACK
-        self._connection = connection
-        self._connection_id = "" if connection is None else connection.id
-        self.peer = peer
+        self._connection = no_connection() if connection is None else connection
         self._peer_certificate = peer_certificate
         self._parser = httptools.HttpRequestParser(self)
         self._stopped = False
@@ -180,9 +175,7 @@ class RequestAssembler:
             return HTTPRequest(
                 method="",
                 path=b"",
-                connection_id=self._connection_id,
                 connection=self._connection,
-                peer=self.peer,
                 peer_certificate=self._peer_certificate(),
                 keep_alive=False,
             )
@@ -200,9 +193,7 @@ class RequestAssembler:
             query=query,
             headers=tuple(self._headers),
             http_version=version,
-            connection_id=self._connection_id,
             connection=self._connection,
-            peer=self.peer,
             peer_certificate=self._peer_certificate(),
             keep_alive=False,
         )
@@ -322,9 +313,7 @@ class RequestAssembler:
             headers=tuple(self._headers),
             body=(body[0] if len(body) == 1 else b"".join(body)),
             http_version=self._version,
-            connection_id=self._connection_id,
             connection=self._connection,
-            peer=self.peer,
             peer_certificate=self._peer_certificate(),
             keep_alive=self._keep_alive,
         )

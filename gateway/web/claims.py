@@ -30,9 +30,6 @@ def request_claim(
         certificate_cn=None if certificate is None else _common_name(certificate),
         client_id=client_id,
         username=username,
-        connection_id=request.connection_id,
-        peer=request.peer,
-        keep_alive=request.keep_alive,
         connection=request.connection,
     )
 

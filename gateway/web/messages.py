@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from gateway.model import Connection
+from gateway.model import Connection, no_connection
 
 
 class API(enum.Enum):
@@ -42,14 +42,11 @@ class HTTPRequest:
     @ivar headers: header names lower-cased, values as sent, in order.
     @ivar body: the complete body (chunked bodies already decoded).
     @ivar http_version: C{"1.0"} or C{"1.1"}.
-    @ivar connection_id: an id unique to the TCP connection, stable across the
-        requests it carries.
-    @ivar peer: the client's address, C{"host:port"}.
     @ivar peer_certificate: the verified client certificate (a
         C{cryptography.x509.Certificate}) on TLS connections that presented one.
     @ivar keep_alive: whether the connection stays open after the response.
-    @ivar connection: the handle of the connection (closing heard through it),
-        or C{None}.
+    @ivar connection: the handle of the connection the request came on: its id,
+        the client's address, its closing.
     """
 
     method: str
@@ -58,11 +55,9 @@ class HTTPRequest:
     headers: tuple[tuple[bytes, bytes], ...] = ()
     body: bytes = b""
     http_version: str = "1.1"
-    connection_id: str = ""
-    peer: str = ""
     peer_certificate: Any = None
     keep_alive: bool = True
-    connection: Connection | None = attrs.field(default=None, eq=False, repr=False)
+    connection: Connection = attrs.field(factory=no_connection, eq=False, repr=False)
 
     def header(self, name: bytes) -> bytes | None:
         """

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Connection
+from gateway.model import Connection, Peer
 from gateway.web.assembler import RequestAssembler
 from gateway.web.messages import AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.pipeline import ResponsePipeline, Slot, encode_response
@@ -81,6 +81,7 @@ class HTTPServerProtocol(Protocol):
         self._clock = factory.clock
         self.connection_id = os.urandom(8).hex()
         self.connection = Connection(self.connection_id)
+        self.peer = self.connection.peer
         self._max_pipeline = factory.max_pipeline
         self._request_timeout = factory.request_timeout
         self._assembler = RequestAssembler(
@@ -93,8 +94,6 @@ class HTTPServerProtocol(Protocol):
         )
         self._transport: ITransport | None = None
         self._pipeline = ResponsePipeline()
-        self.peer = ""
-        self.source = ""  # the client's address without the port
         self._connected = False
         self._reading = True  # False once no further request will be parsed
         self._closing = False  # loseConnection called
@@ -132,10 +131,7 @@ class HTTPServerProtocol(Protocol):
         # connection, the session tickets), which costs a delayed ACK (~40 ms).
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
-        address = transport.getPeer()
-        self.peer = _format_peer(address)
-        self._assembler.peer = self.peer
-        self.source = source_of(address)
+        self.peer = self.connection.peer = peer_of(transport.getPeer())
         self._tls = ISSLTransport.providedBy(transport)
         self._now = self._last_activity = self._clock.seconds()
         factory = self._factory
@@ -285,6 +281,7 @@ class HTTPServerProtocol(Protocol):
         self._receive_start = None
         if not request.keep_alive:
             self._reading = False
+            self.connection.keep_alive = False
         self._dispatch(request, start)
 
     def request_failed(self, error: GatewayError) -> None:
@@ -419,7 +416,7 @@ class HTTPServerProtocol(Protocol):
             log = response.log
             record = AccessRecord(
                 self._factory.iso_time(now),
-                request.peer,
+                str(request.connection.peer),
                 request.method,
                 request.path.decode("latin-1"),
                 request.http_version,
@@ -559,27 +556,13 @@ def _internal_error() -> GatewayError:
     return GatewayError(Code.InternalError, "internal error")
 
 
-def source_of(address: IAddress) -> str:
+def peer_of(address: IAddress) -> Peer:
     """
-    The client address that per-source limits count: the IP address, or
+    The client's address of a transport's C{getPeer()}: IP address and port,
     C{"unix"} for every client of a UNIX socket.
     """
     if isinstance(address, IPv4Address | IPv6Address):
-        return address.host
+        return Peer(address.host, address.port)
     if isinstance(address, UNIXAddress):
-        return "unix"
-    return str(address)
-
-
-def _format_peer(address: IAddress) -> str:
-    """
-    C{host:port} (C{[v6host]:port} for IPv6) for logs and connection ids.
-    """
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, UNIXAddress):
-        name = address.name or b""
-        return "unix:" + name.decode("utf-8", "replace")
-    return str(address)
+        return Peer("unix")
+    return Peer(str(address))

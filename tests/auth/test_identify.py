@@ -13,12 +13,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.auth.identify import Authenticator, Claim, parse_basic, unauthorized
 from gateway.core import Gateway
 from gateway.errors import REALM, Code, GatewayError
-from gateway.model import Identity, Message, Proof
+from gateway.model import Connection, Identity, Message, Peer, Proof
 from tests.fakes import FakePublisher, Passwords, fails
 
 
 def basic(user: str, password: str) -> bytes:
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+def _from(host: str, port: int) -> Connection:
+    """The handle of a connection from C{host:port}."""
+    return Connection("c", Peer(host, port))
 
 
 class ParseBasicTests(SynchronousTestCase):
@@ -71,14 +76,17 @@ class AuthenticatorTests(SynchronousTestCase):
     def test_basic(self) -> None:
         """Right Basic credentials: the user, a default client id, PASSWORD proof."""
         identity = self.auth.authenticate(
-            Claim(basic=("user0", b"secret0"), connection_id="c1", peer="10.0.0.1:5"), 0
+            Claim(
+                basic=("user0", b"secret0"),
+                connection=Connection("c1", Peer("10.0.0.1", 5)),
+            ),
+            0,
         )
         self.assertEqual(
             identity,
-            Identity(
-                "http-c1", "user0", Proof.PASSWORD, "10.0.0.1:5", b"secret0", "c1"
-            ),
+            Identity("http-c1", "user0", Proof.PASSWORD, b"secret0"),
         )
+        self.assertEqual(identity.connection.peer, Peer("10.0.0.1", 5))
 
     def test_wrong_password(self) -> None:
         """A wrong password or unknown user is 401 with WWW-Authenticate."""
@@ -100,8 +108,11 @@ class AuthenticatorTests(SynchronousTestCase):
         """No credentials: 401 unless anonymous access is allowed."""
         self.refused(Claim(), 401)
         self.auth.allow_anonymous = True
-        identity = self.auth.authenticate(Claim(client_id="dev", peer="p:1"), 0)
-        self.assertEqual(identity, Identity("dev", None, Proof.ANONYMOUS, "p:1"))
+        identity = self.auth.authenticate(
+            Claim(client_id="dev", connection=Connection("", Peer("p", 1))), 0
+        )
+        self.assertEqual(identity, Identity("dev", None, Proof.ANONYMOUS))
+        self.assertEqual(identity.connection.peer, Peer("p", 1))
 
     def test_certificate(self) -> None:
         """A verified certificate's CN is client id and user name; a different
@@ -124,23 +135,36 @@ class AuthenticatorTests(SynchronousTestCase):
         """After five failures from one address, even right credentials get 429
         until the bucket refills; other addresses are not affected."""
         for _ in range(5):
-            self.refused(Claim(basic=("user0", b"x"), peer="10.0.0.9:1"), 401)
-        error = self.refused(Claim(basic=("user0", b"secret0"), peer="10.0.0.9:2"), 429)
+            self.refused(
+                Claim(basic=("user0", b"x"), connection=_from("10.0.0.9", 1)), 401
+            )
+        error = self.refused(
+            Claim(basic=("user0", b"secret0"), connection=_from("10.0.0.9", 2)), 429
+        )
         self.assertEqual(error.retry_after, 10)
-        self.auth.authenticate(Claim(basic=("user0", b"secret0"), peer="10.0.0.8:1"), 0)
         self.auth.authenticate(
-            Claim(basic=("user0", b"secret0"), peer="10.0.0.9:3"), 10
+            Claim(basic=("user0", b"secret0"), connection=_from("10.0.0.8", 1)), 0
+        )
+        self.auth.authenticate(
+            Claim(basic=("user0", b"secret0"), connection=_from("10.0.0.9", 3)), 10
         )
 
     def test_access_key(self) -> None:
         """A verified AccessKeyId is client id and user name, ACCESS_KEY proof,
         its secret the password (for broker mode)."""
         identity = self.auth.authenticate(
-            Claim(access_key=("LTAI5t", b"s3cret"), connection_id="c1", peer="p:1"), 0
+            Claim(
+                access_key=("LTAI5t", b"s3cret"),
+                connection=Connection("c1", Peer("p", 1)),
+            ),
+            0,
         )
         self.assertEqual(
             identity,
-            Identity("LTAI5t", "LTAI5t", Proof.ACCESS_KEY, "p:1", b"s3cret", "c1"),
+            Identity("LTAI5t", "LTAI5t", Proof.ACCESS_KEY, b"s3cret"),
+        )
+        self.assertEqual(
+            (identity.connection.id, identity.connection.peer), ("c1", Peer("p", 1))
         )
 
     def test_attempt(self) -> None:
@@ -153,7 +177,7 @@ class AuthenticatorTests(SynchronousTestCase):
         def fails(error: GatewayError) -> None:
             raise error
 
-        peer = "10.0.0.7:1"
+        peer = Peer("10.0.0.7", 1)
         self.assertEqual(self.auth.attempt(peer, 0, lambda: "key"), "key")
         for _ in range(3):
             with self.assertRaises(Clockless):
@@ -180,7 +204,7 @@ class BrokerModeFailureTests(SynchronousTestCase):
         auth = Authenticator(None, allow_anonymous=False, check_passwords=False)
         refusing = FakePublisher(fails(GatewayError(Code.Unauthorized, "bad password")))
         self.core = Gateway(refusing, auth, Clock())
-        self.claim = Claim(basic=("bob", b"guess"), peer="10.0.0.5:1")
+        self.claim = Claim(basic=("bob", b"guess"), connection=_from("10.0.0.5", 1))
 
     def assertGuarded(self) -> None:
         with self.assertRaises(GatewayError) as e:

@@ -18,7 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Identity, Message, Proof, PublishResult
+from gateway.model import Identity, Message, Proof, PublishResult, no_connection
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
 from tests.brokers import Mosquitto, Received, Subscriber, poll
@@ -54,9 +54,7 @@ def sender(
         username=username,
         proof=Proof.PASSWORD,
         password=USERS[username].encode() if password is None else password,
-        connection_id=connection,
-        keep_alive=bool(connection),
-        connection=CONNECTIONS.named(connection) if connection else None,
+        connection=CONNECTIONS.named(connection) if connection else no_connection(),
     )
 
 

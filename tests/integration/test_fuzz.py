@@ -36,6 +36,7 @@ from gateway.errors import (
     from_reason_code,
 )
 from gateway.limits import RateLimiter
+from gateway.model import Connection, Peer
 from gateway.web.messages import HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
@@ -190,8 +191,9 @@ def requests(draw: st.DrawFn) -> HTTPRequest:
         headers=tuple(headers),
         body=draw(st.binary(max_size=64)),
         http_version=draw(st.sampled_from(["1.0", "1.1"])),
-        connection_id=draw(st.sampled_from(["c1", "c2", "c3"])),
-        peer="192.0.2.1:1234",
+        connection=Connection(
+            draw(st.sampled_from(["c1", "c2", "c3"])), Peer("192.0.2.1", 1234)
+        ),
         keep_alive=draw(st.booleans()),
     )
 

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import REALM, Code, GatewayError
-from gateway.model import Identity, Message, Proof, PublishResult
+from gateway.model import Identity, Message, Proof, PublishResult, no_connection
 from gateway.mqtt import codec
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
@@ -37,9 +37,7 @@ def sender(
         username=username,
         proof=Proof.PASSWORD,
         password=password,
-        connection_id=connection,
-        keep_alive=bool(connection),
-        connection=CONNECTIONS.named(connection) if connection else None,
+        connection=CONNECTIONS.named(connection) if connection else no_connection(),
     )
 
 

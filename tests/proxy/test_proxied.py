@@ -238,7 +238,7 @@ class Handler:
 
     def handle(self, request: HTTPRequest) -> HTTPResponse:
         self.requests.append(request)
-        return HTTPResponse(200, (), request.peer.encode())
+        return HTTPResponse(200, (), str(request.connection.peer).encode())
 
     def render_error(self, request: HTTPRequest, error: GatewayError) -> HTTPResponse:
         return HTTPResponse(error.status, (), error.message.encode())

@@ -31,7 +31,7 @@ from gateway.config import AliyunConfig, LimitsConfig
 from gateway.core import Gateway, TopicPolicy
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.limits import KeyedBuckets, RateLimiter
-from gateway.model import Identity, Message, Proof
+from gateway.model import Identity, Message, Peer, Proof
 from gateway.tap import Listener
 from gateway.web.aliyun import QOS, RETAIN, AliyunAPI, max_target_bytes
 from gateway.web.aliyun_requests import (
@@ -237,11 +237,13 @@ class HandleTests(AnsweringTestCase):
                     client_id=KEY_ID,
                     username=KEY_ID,
                     proof=Proof.ACCESS_KEY,
-                    peer="127.0.0.1:5000",
                     password=SECRET.encode(),
-                    connection_id="c0ffee",
-                    keep_alive=True,
                 ),
+            )
+            connection = identity.connection
+            self.assertEqual(
+                (connection.id, connection.peer, connection.keep_alive),
+                ("c0ffee", Peer("127.0.0.1", 5000), True),
             )
             self.assertEqual(
                 message,

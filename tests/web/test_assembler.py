@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Connection
+from gateway.model import Connection, Peer
 from gateway.web.assembler import RequestAssembler, split_target
 from gateway.web.messages import HTTPRequest
 
@@ -62,8 +62,7 @@ def assembler(
         max_body=max_body,
         max_header_bytes=max_header_bytes,
         max_target_bytes=max_target_bytes,
-        connection=Connection("c1"),
-        peer="127.0.0.1:5",
+        connection=Connection("c1", Peer("127.0.0.1", 5)),
     )
 
 
@@ -111,7 +110,9 @@ class SplitTests(SynchronousTestCase):
             ("POST", b"/topics/a/b", b"qos=1", b"hello"),
         )
         self.assertEqual(post.header(b"content-length"), b"5")
-        self.assertEqual((post.connection_id, post.peer), ("c1", "127.0.0.1:5"))
+        self.assertEqual(
+            (post.connection.id, post.connection.peer), ("c1", Peer("127.0.0.1", 5))
+        )
         self.assertTrue(post.keep_alive)
         [chunked] = self.whole(CHUNKED)
         self.assertEqual(chunked.body, b"abc0123456789abcdef")
@@ -241,5 +242,6 @@ class LimitTests(SynchronousTestCase):
         """Before any byte the partial request is empty."""
         partial = assembler(Recorder()).partial_request()
         self.assertEqual(
-            (partial.method, partial.path, partial.peer), ("", b"", "127.0.0.1:5")
+            (partial.method, partial.path, partial.connection.peer),
+            ("", b"", Peer("127.0.0.1", 5)),
         )

@@ -18,7 +18,7 @@ from gateway.config import LimitsConfig
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
 from gateway.limits import RateLimiter
-from gateway.model import Message, PublishResult
+from gateway.model import Connection, Message, Peer, PublishResult
 from gateway.web.emqx import EMQXAPI
 from gateway.web.emqx_requests import parse_batch, parse_message
 from gateway.web.messages import API, HTTPRequest, HTTPResponse
@@ -40,8 +40,7 @@ def request(
         path=path,
         headers=headers,
         body=raw,
-        connection_id="c0ffee",
-        peer="127.0.0.1:5000",
+        connection=Connection("c0ffee", Peer("127.0.0.1", 5000)),
     )
 
 

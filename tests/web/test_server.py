@@ -30,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
 from gateway.errors import Code, GatewayError
+from gateway.model import Peer
 from gateway.web.messages import AccessLogFields, HTTPRequest, HTTPResponse
 from gateway.web.server import HTTPServerFactory, HTTPServerProtocol
 from tests.gateway import responses
@@ -171,8 +172,8 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(request.headers, ((b"host", b"gw"), (b"content-length", b"8")))
         self.assertEqual(request.body, b'{"m": 1}')
         self.assertEqual(request.http_version, "1.1")
-        self.assertEqual(request.peer, "192.168.1.1:54321")
-        self.assertEqual(len(request.connection_id), 16)
+        self.assertEqual(request.connection.peer, Peer("192.168.1.1", 54321))
+        self.assertEqual(len(request.connection.id), 16)
         self.assertTrue(request.keep_alive)
         self.assertIsNone(request.peer_certificate)
         self.assertFalse(c.closed)
@@ -277,7 +278,7 @@ class RoundTripTests(SynchronousTestCase):
         )
         c = Connection(transport=transport)
         c.send(post())
-        self.assertEqual(c.handler.requests[0].peer, "[::1]:4433")
+        self.assertEqual(str(c.handler.requests[0].connection.peer), "[::1]:4433")
 
     def test_alpn(self) -> None:
         """Under TLS, ALPN offers HTTP/1.1 and HTTP/1.0 (for C{curl --http1.0})."""
@@ -371,7 +372,7 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(statuses(c.output()), [200, 200])
         self.assertFalse(c.closed)
         first, second = c.handler.requests
-        self.assertEqual(first.connection_id, second.connection_id)
+        self.assertIs(first.connection, second.connection)
         self.assertEqual(second.path, b"/topics/b")
 
     def test_connection_close(self) -> None:

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.auth.identify import Authenticator
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, broker_unavailable, from_reason_code
-from gateway.model import Message
+from gateway.model import Connection, Message, Peer
 from gateway.web.messages import API, HTTPRequest, HTTPResponse
 from gateway.web.router import Router
 from gateway.web.topics import TopicsAPI, parse_publish, parse_topic
@@ -33,8 +33,7 @@ def request(
         path=path,
         query=query,
         body=body,
-        connection_id="c0ffee",
-        peer="127.0.0.1:5000",
+        connection=Connection("c0ffee", Peer("127.0.0.1", 5000)),
         **kw,
     )
 
@@ -314,7 +313,7 @@ class TopicsAPITests(SynchronousTestCase):
         self.assertEqual(response.log.api, API.TOPICS)
         [(identity, message)] = core.calls
         self.assertEqual(identity.client_id, "curl-x")
-        self.assertEqual(identity.peer, "127.0.0.1:5000")
+        self.assertEqual(identity.connection.peer, Peer("127.0.0.1", 5000))
         self.assertEqual(message, Message(topic="home", payload=b"{}"))
 
     def test_default_client_id(self) -> None:
