@@ -210,7 +210,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     factory = HTTPServerFactory(
         Router(
             TopicsAPI(core),
-            publisher,
             aliyun,
             EMQXAPI(core, max_batch=config.http.max_batch),
         ),

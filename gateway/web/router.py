@@ -9,7 +9,6 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from gateway.errors import Code, GatewayError
-from gateway.interfaces import IPublisher
 from gateway.web.aliyun import ALIYUN_PATH, AliyunAPI
 from gateway.web.emqx import EMQXAPI
 from gateway.web.emqx import PATHS as EMQX_PATHS
@@ -30,7 +29,6 @@ class Router:
     """
 
     topics: TopicsAPI
-    publisher: IPublisher
     aliyun: AliyunAPI | None = None
     emqx: EMQXAPI | None = None
 

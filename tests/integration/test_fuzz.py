@@ -90,7 +90,7 @@ def router(allow_anonymous: bool = True) -> tuple[Router, FakePublisher]:
         TopicACL(lambda topic: not topic.startswith("deny")),
         limiter=RateLimiter(LimitsConfig(rate=0, client_rate=1, client_burst=3)),
     )
-    return Router(TopicsAPI(core), publisher), publisher
+    return Router(TopicsAPI(core)), publisher
 
 
 PARAMETER_NAMES = [

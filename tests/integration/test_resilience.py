@@ -242,9 +242,7 @@ class GracefulStopTests(SessionTestCase):
             Authenticator(None, allow_anonymous=True),
             self.clock,
         )
-        factory = HTTPServerFactory(
-            Router(TopicsAPI(core), SharedPublisher(session)), clock=self.clock
-        )
+        factory = HTTPServerFactory(Router(TopicsAPI(core)), clock=self.clock)
         root = StopInOrder()
         session.setServiceParent(root)
         DrainHTTP([factory], timeout=15).setServiceParent(root)

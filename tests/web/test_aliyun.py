@@ -451,8 +451,8 @@ class RenderTests(AnsweringTestCase):
 
 class RouterTests(AnsweringTestCase):
     def router(self, enabled: bool = True) -> Router:
-        api, publisher, _ = make_api()
-        return Router(TopicsAPI(api.core), publisher, api if enabled else None)
+        api, _, _ = make_api()
+        return Router(TopicsAPI(api.core), api if enabled else None)
 
     def test_routes(self) -> None:
         """'/' is API 2 when [aliyun] is on, an InvalidPath (API 1's shape) when
@@ -702,7 +702,7 @@ class SDKTests(TestCase):
             failures=KeyedBuckets(rate=1000, burst=1000),
         )
         api._clock = reactor  # real time: the SDKs sign with it
-        recorder = _Recorder(Router(TopicsAPI(api.core), publisher, api))
+        recorder = _Recorder(Router(TopicsAPI(api.core), api))
         factory = HTTPServerFactory(
             recorder, max_target_bytes=max_target_bytes(262144), clock=reactor
         )

@@ -241,9 +241,7 @@ class EMQXAPITests(SynchronousTestCase):
             self.clock,
             TopicACL(lambda topic: not topic.startswith("secret")),
         )
-        self.router = Router(
-            TopicsAPI(self.core), self.publisher, emqx=EMQXAPI(self.core, max_batch=5)
-        )
+        self.router = Router(TopicsAPI(self.core), emqx=EMQXAPI(self.core, max_batch=5))
 
     def answer(self, req: HTTPRequest) -> HTTPResponse:
         result = self.router.handle(req)

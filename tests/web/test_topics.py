@@ -282,7 +282,7 @@ class TopicsAPITests(SynchronousTestCase):
             Clock(),
             TopicACL(lambda topic: topic != "secret"),
         )
-        api = Router(TopicsAPI(gateway), publisher)
+        api = Router(TopicsAPI(gateway))
         result = api.handle(req)
         if isinstance(result, Deferred):
             return self.successResultOf(result)
