@@ -11,6 +11,7 @@ primitive fields, L{properties} the MQTT 5 property table, L{encoding} and
 L{decoding} the two directions. This module is their public interface.
 """
 
+from gateway.mqtt.codec import packets
 from gateway.mqtt.codec.decoding import Decoder
 from gateway.mqtt.codec.encoding import (
     as_duplicate,
@@ -18,47 +19,7 @@ from gateway.mqtt.codec.encoding import (
     encode_message,
     message_properties,
 )
-from gateway.mqtt.codec.packets import (
-    MQTT_3_1_1,
-    MQTT_5,
-    NO_PROPERTIES,
-    Connack,
-    Connect,
-    Disconnect,
-    MalformedPacket,
-    Packet,
-    PingReq,
-    PingResp,
-    Properties,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
-    Will,
-)
+from gateway.mqtt.codec.packets import *  # noqa: F403 (the packet values, all public)
 
-__all__ = [
-    "MQTT_3_1_1",
-    "MQTT_5",
-    "NO_PROPERTIES",
-    "Connack",
-    "Connect",
-    "Decoder",
-    "Disconnect",
-    "MalformedPacket",
-    "Packet",
-    "PingReq",
-    "PingResp",
-    "Properties",
-    "PubAck",
-    "PubComp",
-    "PubRec",
-    "PubRel",
-    "Publish",
-    "Will",
-    "as_duplicate",
-    "encode",
-    "encode_message",
-    "message_properties",
-]
+__all__ = ["Decoder", "as_duplicate", "encode", "encode_message", "message_properties"]
+__all__ += packets.__all__

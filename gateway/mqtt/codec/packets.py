@@ -8,6 +8,26 @@ from __future__ import annotations
 
 import attrs
 
+__all__ = [
+    "MQTT_3_1_1",
+    "MQTT_5",
+    "NO_PROPERTIES",
+    "Connack",
+    "Connect",
+    "Disconnect",
+    "MalformedPacket",
+    "Packet",
+    "PingReq",
+    "PingResp",
+    "Properties",
+    "PubAck",
+    "PubComp",
+    "PubRec",
+    "PubRel",
+    "Publish",
+    "Will",
+]
+
 MQTT_3_1_1 = 4
 MQTT_5 = 5
 
