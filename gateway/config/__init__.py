@@ -18,6 +18,7 @@ from gateway.config.settings import (
     AdminConfig,
     AliyunConfig,
     AuthConfig,
+    ClusterConfig,
     Config,
     HTTPConfig,
     LimitsConfig,
@@ -26,23 +27,31 @@ from gateway.config.settings import (
     SecretMapping,
     TLSConfig,
 )
-from gateway.config.uris import BrokerAddress, parse_broker_uri
+from gateway.config.uris import (
+    BrokerAddress,
+    RedisAddress,
+    parse_broker_uri,
+    parse_redis_url,
+)
 
 __all__ = [
     "AdminConfig",
     "AliyunConfig",
     "AuthConfig",
     "BrokerAddress",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "HTTPConfig",
     "LimitsConfig",
     "LogConfig",
     "MQTTConfig",
+    "RedisAddress",
     "SecretMapping",
     "TLSConfig",
     "default",
     "load",
     "parse",
     "parse_broker_uri",
+    "parse_redis_url",
 ]

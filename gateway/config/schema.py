@@ -16,7 +16,12 @@ from typing import Any
 from gateway.config import settings
 from gateway.config.error import ConfigError
 from gateway.config.settings import SecretMapping
-from gateway.config.uris import BrokerAddress, parse_broker_uri
+from gateway.config.uris import (
+    BrokerAddress,
+    RedisAddress,
+    parse_broker_uri,
+    parse_redis_url,
+)
 
 # Converters: (label, TOML value, base directory) -> settings value.
 _Converter = Callable[[str, Any, str], Any]
@@ -186,6 +191,11 @@ def _access_keys(label: str, value: Any, base_dir: str) -> SecretMapping:
     return SecretMapping(keys)
 
 
+def _redis(label: str, value: Any, base_dir: str) -> RedisAddress | None:
+    url: str = _string(secret=True)(label, value, base_dir)
+    return parse_redis_url(url, label) if url else None
+
+
 _NON_NEGATIVE = _number(positive=False)
 
 # The schema of the configuration file: section -> (settings class, key -> converter).
@@ -252,6 +262,10 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
             "access_keys": _access_keys,
             "payload_encoding": _string(choices=("raw", "base64")),
         },
+    ),
+    "cluster": (
+        settings.ClusterConfig,
+        {"redis": _redis, "on_redis_error": _string(choices=("open", "closed"))},
     ),
     "admin": (settings.AdminConfig, {"listen": _string()}),
     "log": (settings.LogConfig, {"access": _access_log}),

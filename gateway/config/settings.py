@@ -13,7 +13,7 @@ import attrs
 
 from gateway.config.error import ConfigError
 from gateway.config.rules import check
-from gateway.config.uris import BrokerAddress, parse_broker_uri
+from gateway.config.uris import BrokerAddress, RedisAddress, parse_broker_uri
 
 
 class SecretMapping(Mapping[str, str]):
@@ -195,6 +195,21 @@ class AliyunConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """
+    C{[cluster]}: the Redis server whose rate limits, failed-login counters and
+    nonce cache every gateway process pointed at it shares.
+
+    @ivar redis: the server, or C{None} (C{redis = ""}): everything stays local.
+    @ivar on_redis_error: C{"open"} (local limits while Redis is unreachable) or
+        C{"closed"} (503 for what needs Redis).
+    """
+
+    redis: RedisAddress | None = None
+    on_redis_error: str = "open"
+
+
+@attrs.frozen
 class AdminConfig:
     """C{[admin]}: the endpoint string of the admin listener, C{""} for none."""
 
@@ -225,6 +240,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     aliyun: AliyunConfig = AliyunConfig()
+    cluster: ClusterConfig = ClusterConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     source: str | None = None

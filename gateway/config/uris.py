@@ -1,19 +1,20 @@
 # -*- test-case-name: tests.config.test_loader -*-
 """
 The brokers of C{[mqtt] brokers} and C{--broker}: C{mqtt://} and C{mqtts://} URIs
-parsed into addresses.
+parsed into addresses; and the C{redis://} URL of C{[cluster] redis}.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import unquote
 
 import attrs
 
 from gateway.config.error import ConfigError
 
-__all__ = ["BrokerAddress", "parse_broker_uri"]
+__all__ = ["BrokerAddress", "RedisAddress", "parse_broker_uri", "parse_redis_url"]
 
 
 @attrs.frozen
@@ -116,3 +117,67 @@ def parse_broker_uri(uri: str, label: str = "broker") -> BrokerAddress:
         if not 1 <= port <= 65535:
             raise fail(f"the port must be between 1 and 65535, got {port}")
     return BrokerAddress(uri=uri, host=host, port=port, tls=scheme == "mqtts")
+
+
+@attrs.frozen
+class RedisAddress:
+    """
+    The Redis server of C{[cluster] redis}.
+
+    @ivar host: the host name or IP address (an IPv6 address without brackets).
+    @ivar port: the port, 6379 when not given.
+    @ivar db: the database number, 0 when not given.
+    @ivar username: the ACL user name, or C{None}.
+    @ivar password: the password, or C{None}; never shown by C{repr}.
+    """
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        """The URL as logs show it: without credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str, label: str = "cluster.redis") -> RedisAddress:
+    """
+    Parse C{redis://[[user]:password@]host[:port][/db]}; user and password are
+    percent-decoded. Queries, fragments and other schemes are refused.
+
+    @raise ConfigError: C{"<label>: <why>"}; the text never shows a password.
+    """
+
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"{label}: {reason}")
+
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() != "redis":
+        raise fail("expected a URL such as 'redis://127.0.0.1:6379/0'")
+    if "?" in rest or "#" in rest:
+        raise fail("a Redis URL has no query or fragment")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    username = password = None
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(password_text) if colon else None
+        if password is None:
+            # "redis://secret@host" is how some clients write a lone password.
+            username, password = None, unquote(user_text)
+    path = path.rstrip("/")
+    if not path:
+        db = 0
+    elif path.isascii() and path.isdigit() and len(path) <= 5:
+        db = int(path)
+    else:
+        raise fail(f"the database must be a number, got {path!r}")
+    # The host and port are checked as a broker's are.
+    address = parse_broker_uri(f"mqtt://{hostport}", label)
+    port = address.port if hostport.rpartition("]")[2].count(":") else 6379
+    return RedisAddress(address.host, port, db, username, password)
