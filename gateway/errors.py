@@ -35,6 +35,8 @@ class Code(enum.Enum):
     # Beyond the documented codes: malformed HTTP and over-long request targets.
     BadRequest = "BadRequest"
     UriTooLong = "UriTooLong"
+    # The shared limits (Redis) are unreachable and the gateway fails closed.
+    Unavailable = "ServiceUnavailable"
 
     @property
     def status(self) -> int:
@@ -53,6 +55,7 @@ _STATUS = {
     Code.BrokerRejected: 502,
     Code.InternalError: 500,
     Code.UriTooLong: 414,
+    Code.Unavailable: 503,
 }
 
 

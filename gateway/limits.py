@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Protocol
 
 from gateway.config import LimitsConfig
 from gateway.errors import Code, GatewayError
@@ -116,6 +117,29 @@ def retry_after(wait: float) -> int:
     return max(1, math.ceil(wait))
 
 
+class Bucket(Protocol):
+    """What L{RateLimiter} needs of its whole-gateway bucket."""
+
+    def wait(self, now: float) -> float:
+        """The seconds until a token is there (C{0.0} if one is there now)."""
+
+    def take(self, now: float) -> object:
+        """Take the token L{wait} found."""
+
+
+class Buckets(Protocol):
+    """What L{RateLimiter} needs of its per-client buckets."""
+
+    def __len__(self) -> int:
+        """How many keys are tracked."""
+
+    def wait(self, key: str, now: float) -> float:
+        """L{Bucket.wait} for C{key}."""
+
+    def take(self, key: str, now: float) -> object:
+        """L{Bucket.take} for C{key}."""
+
+
 class RateLimiter:
     """
     The message rate limits of C{[limits]}: one bucket for the
@@ -133,20 +157,30 @@ class RateLimiter:
     @ivar refused: how many messages L{check} has refused (for metrics).
     """
 
-    def __init__(self, limits: LimitsConfig, *, max_clients: int = 100_000) -> None:
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        *,
+        max_clients: int = 100_000,
+        total: Bucket | None = None,
+        clients: Buckets | None = None,
+    ) -> None:
         """
         @param limits: the rates and bursts (rates above 0 have bursts of at least
             1, as L{gateway.config} guarantees).
         @param max_clients: the most per-client buckets kept at once.
+        @param total: the whole-gateway bucket instead of a local one (e.g. one
+            shared by several processes).
+        @param clients: the per-client buckets instead of local ones.
         """
         self.limits = limits
         self.refused = 0
-        self._total: TokenBucket | None = None
-        if limits.rate > 0:
+        self._total: Bucket | None = total
+        if limits.rate > 0 and total is None:
             # Stamped at 0, the bucket is full at whatever time comes first.
             self._total = TokenBucket(limits.rate, limits.burst, now=0.0)
-        self._clients: KeyedBuckets | None = None
-        if limits.client_rate > 0:
+        self._clients: Buckets | None = clients
+        if limits.client_rate > 0 and clients is None:
             self._clients = KeyedBuckets(
                 limits.client_rate, limits.client_burst, max_keys=max_clients
             )

@@ -157,6 +157,13 @@ class RefusedCertificates(Protocol):
         """How many client certificates failed verification so far."""
 
 
+class RedisState(Protocol):
+    """What L{GatewayMetrics.watch_redis} reads: a L{RedisHealth}."""
+
+    up: bool
+    fallbacks: int
+
+
 class GatewayMetrics(Service):
     """
     The gateway's metrics and the registry they are exposed from.
@@ -188,6 +195,7 @@ class GatewayMetrics(Service):
         self._publisher: IPublisher | None = None
         self._factories: list[OpenConnections] = []
         self._tls: list[RefusedCertificates] = []
+        self._redis: RedisState | None = None
         self._was_connected: bool | None = None
         self._reconnects = 0
         self._stop_observing: Callable[[], None] | None = None
@@ -253,6 +261,11 @@ class GatewayMetrics(Service):
         L{ReloadableServerTLS}, counted across reloads) to the TLS refusals.
         """
         self._tls.append(tls)
+
+    def watch_redis(self, redis: RedisState) -> None:
+        """Report whether the shared Redis is up, and the decisions taken
+        without it."""
+        self._redis = redis
 
     # -- service
 
@@ -340,6 +353,20 @@ class GatewayMetrics(Service):
                 "TLS handshakes refused because the client certificate did not "
                 "verify (untrusted, expired, revoked ...).",
                 value=sum(t.refused_certificates for t in self._tls),
+            )
+        redis = self._redis
+        if redis is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "redis_up",
+                "Whether the Redis shared by the fleet answered the last call (1) "
+                "or not (0).",
+                value=int(redis.up),
+            )
+            yield CounterMetricFamily(
+                PREFIX + "redis_fallbacks",
+                "Rate-limit, failed-login and nonce decisions taken without Redis "
+                "while it was unreachable (local, or 503 when failing closed).",
+                value=redis.fallbacks,
             )
 
     def _broker_families(self) -> Iterable[Metric]:

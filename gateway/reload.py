@@ -65,6 +65,7 @@ _RESTART_KEYS = (
     ),
     ("auth", ("mode",)),
     ("aliyun", ("instance_id", "access_keys", "payload_encoding")),
+    ("cluster", ("redis", "on_redis_error")),
     ("admin", ("listen",)),
     ("log", ("access",)),
 )

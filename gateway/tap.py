@@ -27,6 +27,7 @@ from gateway.auth.files import load_setting
 from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
 from gateway.auth.tls_reload import ReloadableServerTLS
+from gateway.cluster.parts import shared_state
 from gateway.config import Config, ConfigError, default, load
 from gateway.core import Gateway
 from gateway.embedded import embedded_broker
@@ -177,23 +178,29 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
     brokers = broker_endpoints(options.brokers, reactor)
     publisher = build_publisher(config, brokers, root, reactor, embedded)
+    # Stopped after the drain: requests in flight may still need it.
+    shared = shared_state(config.cluster, root, reactor)
+    make_limiter = RateLimiter if shared is None else shared.limiter
     metrics = None
     if config.admin.listen:
         metrics = GatewayMetrics(reactor)
         metrics.watch_publisher(publisher)
+        if shared is not None:
+            metrics.watch_redis(shared.store.health)
         metrics.setServiceParent(root)
         publisher = MeasuredPublisher(publisher, metrics, reactor)
     authenticator = Authenticator(
         options.passwords,
         allow_anonymous=anonymous,
         check_passwords=config.auth.mode == "gateway",
+        failures=None if shared is None else shared.failures,
     )
     core = Gateway(
         publisher,
         authenticator,
         reactor,
         options.acl,
-        limiter=RateLimiter(config.limits),
+        limiter=make_limiter(config.limits),
     )
     access_log = None
     if config.log.access:
@@ -205,7 +212,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     max_target = _TOPIC_TARGET
     if config.aliyun.enabled:
         max_payload = config.http.max_body
-        aliyun = AliyunAPI(core, config.aliyun, reactor, max_payload=max_payload)
+        aliyun = AliyunAPI(
+            core,
+            config.aliyun,
+            reactor,
+            max_payload=max_payload,
+            nonces=None if shared is None else shared.nonces,
+        )
         max_target = max(max_target, max_target_bytes(max_payload))
     factory = HTTPServerFactory(
         Router(
@@ -249,7 +262,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             authenticator=authenticator,
             core=core,
             tls=tls,
-            apply_limits=lambda limits: setattr(core, "limiter", RateLimiter(limits)),
+            apply_limits=lambda limits: setattr(core, "limiter", make_limiter(limits)),
             access_log=access_log,
         ),
     )

@@ -292,6 +292,26 @@ class SignedRequest:
 
 
 @attrs.frozen
+class Signed:
+    """
+    A request whose signature and time are good (see L{Verifier.check}).
+
+    @ivar access_key_id: the AccessKeyId that signed it.
+    @ivar nonce: its nonce, qualified by the key (nonces are unique per key).
+    @ivar until: when a replay of it would be out of the window.
+    """
+
+    access_key_id: str
+    nonce: str
+    until: float
+
+
+def nonce_used() -> SignatureError:
+    """The refusal of a replayed request."""
+    return SignatureError(Reason.NONCE_USED, "the signature nonce was used already")
+
+
+@attrs.frozen
 class _Claim:
     """What a signed request claims, and the signature its key would give."""
 
@@ -339,6 +359,18 @@ class Verifier:
             or a wrong secret, too old or too new, or a replay.
         @raise GatewayError: 429 when the nonce cache is full.
         """
+        signed = self.check(request, now)
+        if not self.nonces.add(signed.nonce, signed.until, now):
+            raise nonce_used()
+        return signed.access_key_id
+
+    def check(self, request: SignedRequest, now: float) -> Signed:
+        """
+        Check C{request}'s signature and time, not its nonce: the caller
+        remembers L{Signed.nonce} until L{Signed.until} (as L{verify} does).
+
+        @raise SignatureError: as L{verify}, but never for a replay.
+        """
         params = {**request.query, **request.form}
         if "SecurityToken" in params or request.header(b"x-acs-security-token"):
             raise SignatureError(
@@ -374,12 +406,11 @@ class Verifier:
             )
         # Kept while a replay would still be in the window; keyed by AccessKey, as
         # nonces need only be unique per key.
-        key = f"{claim.access_key_id}\x00{claim.nonce}"
-        if not self.nonces.add(key, when + self.window, now):
-            raise SignatureError(
-                Reason.NONCE_USED, "the signature nonce was used already"
-            )
-        return claim.access_key_id
+        return Signed(
+            claim.access_key_id,
+            f"{claim.access_key_id}\x00{claim.nonce}",
+            when + self.window,
+        )
 
     def _acs3(self, request: SignedRequest, authorization: bytes) -> _Claim:
         access_key_id, algorithm, signed_headers, signature = _acs3_authorization(

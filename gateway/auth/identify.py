@@ -15,7 +15,7 @@ import attrs
 from twisted.python.failure import Failure
 
 from gateway.errors import Code, GatewayError
-from gateway.limits import KeyedBuckets, retry_after
+from gateway.limits import Buckets, KeyedBuckets, retry_after
 from gateway.model import Connection, Identity, Peer, Proof, no_connection
 from gateway.mqtt.strings import string_problem
 
@@ -118,13 +118,13 @@ class Authenticator:
         *,
         allow_anonymous: bool,
         check_passwords: bool = True,
-        failures: KeyedBuckets | None = None,
+        failures: Buckets | None = None,
     ) -> None:
         self.passwords = passwords
         self.allow_anonymous = allow_anonymous
         self.check_passwords = check_passwords
         # Five failed attempts at once, then one every 10 s, per source address.
-        self.failures = (
+        self.failures: Buckets = (
             KeyedBuckets(rate=0.1, burst=5) if failures is None else failures
         )
 

@@ -26,12 +26,14 @@ def _unknown(
     label: str, what: str, name: str, candidates: Sequence[str]
 ) -> ConfigError:
     """An error for an unknown name, with the closest valid name as a hint."""
+    # The right key in the wrong section (or no section at all) is the likelier
+    # mistake when a section has a key of that very name.
+    elsewhere = [
+        f"{section}.{name}" for section, (_, keys) in SCHEMA.items() if name in keys
+    ]
     close = difflib.get_close_matches(name, candidates, n=1)
-    if not close:
-        # The right key in the wrong section (or no section at all).
-        close = [
-            f"{section}.{name}" for section, (_, keys) in SCHEMA.items() if name in keys
-        ]
+    if not close or (what == "section" and elsewhere):
+        close = elsewhere
     hint = f" (did you mean {alternatives(close)}?)" if close else ""
     return ConfigError(f"{label}: unknown {what}{hint}")
 

@@ -20,12 +20,14 @@ has acknowledged it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import NoReturn, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
-from gateway.auth.aliyun_signature import SignedRequest, Verifier
+from gateway.auth.aliyun_signature import SignedRequest, Verifier, nonce_used
 from gateway.auth.identify import Claim
 from gateway.config import AliyunConfig
 from gateway.core import Gateway
@@ -51,6 +53,29 @@ _METHODS = ("GET", "POST")
 _LOG = AccessLogFields(api=API.ALIYUN)
 
 
+class FleetNonces(Protocol):
+    """A nonce cache shared by several processes (L{gateway.cluster.nonces})."""
+
+    def add(self, nonce: str, until: float, now: float) -> Deferred[bool]:
+        """Fires with C{False} for a replay, else C{True} (now remembered)."""
+
+
+def _replay() -> NoReturn:
+    raise nonce_used()
+
+
+def _failed(log: AccessLogFields) -> Callable[[Failure], HTTPResponse]:
+    """An errback rendering a L{GatewayError} as this API's error response."""
+
+    def failed(failure: Failure) -> HTTPResponse:
+        failure.trap(GatewayError)
+        error = failure.value
+        assert isinstance(error, GatewayError)
+        return error_response(error, log)
+
+    return failed
+
+
 class AliyunAPI:
     """
     The adapter of API 2: request in, response out, the core in between.
@@ -60,6 +85,8 @@ class AliyunAPI:
         the Payload's encoding.
     @ivar verifier: checks signatures, times and nonces.
     @ivar max_payload: the largest MQTT payload accepted, or C{None}.
+    @ivar nonces: the nonce cache of every gateway sharing one Redis, or C{None}
+        for the verifier's own.
     """
 
     def __init__(
@@ -70,11 +97,13 @@ class AliyunAPI:
         *,
         max_payload: int | None = None,
         verifier: Verifier | None = None,
+        nonces: FleetNonces | None = None,
     ) -> None:
         self.core = core
         self.config = config
         self.verifier = Verifier(config.access_keys) if verifier is None else verifier
         self.max_payload = max_payload
+        self.nonces = nonces
         self._clock = clock
 
     def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
@@ -90,14 +119,28 @@ class AliyunAPI:
                 ),
                 _LOG,
             )
-        log = _LOG
         try:
             signed = signed_request(request)
             check_action(signed)
-            access_key_id = self.authenticate(signed, request.connection.peer)
-            log = AccessLogFields(
-                api=API.ALIYUN, client_id=access_key_id, user=access_key_id
-            )
+            if self.nonces is None:
+                access_key_id = self.authenticate(signed, request.connection.peer)
+                return self._send(request, signed, access_key_id)
+            accepted = self._authenticate_shared(signed, request.connection.peer)
+        except GatewayError as e:
+            return error_response(e, _LOG)
+        return accepted.addCallbacks(
+            lambda access_key_id: self._send(request, signed, access_key_id),
+            _failed(_LOG),
+        )
+
+    def _send(
+        self, request: HTTPRequest, signed: SignedRequest, access_key_id: str
+    ) -> HTTPResponse | Deferred[HTTPResponse]:
+        """Publish the message of a request that C{access_key_id} signed."""
+        log = AccessLogFields(
+            api=API.ALIYUN, client_id=access_key_id, user=access_key_id
+        )
+        try:
             asked = parse_send_message(
                 {**signed.query, **signed.form},
                 self.config.payload_encoding,
@@ -132,15 +175,29 @@ class AliyunAPI:
                 AccessLogFields(API.ALIYUN, log.client_id, log.user, result.message_id),
             )
 
-        def failed(failure: Any) -> HTTPResponse:
-            failure.trap(GatewayError)
-            return error_response(failure.value, log)
-
         try:
             submitted = self.core.submit(claim, lambda: [message])
         except GatewayError as e:
             return error_response(e, log)
-        return submitted.results[0].addCallbacks(done, failed)
+        return submitted.results[0].addCallbacks(done, _failed(log))
+
+    def _authenticate_shared(self, request: SignedRequest, peer: Peer) -> Deferred[str]:
+        """
+        L{authenticate} with the nonce checked by the fleet's cache: fires with
+        the AccessKeyId, or fails as L{authenticate} raises (a replay anywhere
+        counts as a failed authentication of C{peer}'s address).
+        """
+        nonces = self.nonces
+        assert nonces is not None
+        now = self._clock.seconds()
+        signed = self.core.attempt(peer, now, lambda: self.verifier.check(request, now))
+
+        def seen(fresh: bool) -> str:
+            if not fresh:
+                self.core.attempt(peer, now, _replay)
+            return signed.access_key_id
+
+        return nonces.add(signed.nonce, signed.until, now).addCallback(seen)
 
     def authenticate(self, request: SignedRequest, peer: Peer) -> str:
         """

@@ -36,6 +36,7 @@ _BY_CODE: dict[Code, tuple[int, str]] = {
     Code.PayloadTooLarge: (413, "InvalidParameter.Payload"),
     Code.InvalidPath: (404, "ApiNotSupport"),
     Code.MethodNotAllowed: (405, "UnsupportedHTTPMethod"),
+    Code.Unavailable: (503, "ServiceUnavailable"),
 }
 _BY_REASON: dict[Reason, str] = {
     Reason.MALFORMED: "CheckAccountInfoFailed",

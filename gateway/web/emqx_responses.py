@@ -45,6 +45,7 @@ _EMQX_CODES: dict[Code, str] = {
     Code.BrokerRejected: "BAD_GATEWAY",
     Code.InternalError: "INTERNAL_ERROR",
     Code.UriTooLong: "URI_TOO_LONG",
+    Code.Unavailable: "SERVICE_UNAVAILABLE",
 }
 
 # The MQTT reason code (and its name) a failed message of a batch is shown with.

@@ -80,6 +80,9 @@ client_burst = 0
 instance_id = ""
 access_keys = { }                            # AccessKeyId = "AccessKeySecret"
 payload_encoding = "raw"                     # "raw" | "base64" (decode Payload)
+[cluster]                                    # off while redis is ""
+redis = ""
+on_redis_error = "open"
 [admin]
 listen = ""                                  # e.g. "tcp:9100:interface=127.0.0.1"
 [log]
@@ -216,8 +219,8 @@ class DefaultsTests(SynchronousTestCase):
         self.assertFalse(c.embedded_broker)
 
     def test_spec_keys(self) -> None:
-        """The contract names exactly the eight sections and their keys."""
-        self.assertEqual(len(CONTRACT_KEYS), 34)
+        """The contract names exactly the nine sections and their keys."""
+        self.assertEqual(len(CONTRACT_KEYS), 36)
         self.assertEqual(
             {k.split(".")[0] for k in CONTRACT_KEYS},
             {f.name for f in attrs.fields(Config)} - {"source"},
