@@ -5,7 +5,9 @@ and each decision taken without Redis follows C{on_redis_error}.
 
 from __future__ import annotations
 
-from twisted.logger import LogLevel, globalLogPublisher
+from typing import cast
+
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cluster.health import RedisHealth
@@ -15,8 +17,9 @@ from gateway.errors import Code, GatewayError
 class HealthTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def logged(self, level: LogLevel) -> list[dict[str, object]]:
         return [

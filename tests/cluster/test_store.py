@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+import txredisapi
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -76,7 +77,7 @@ class RedisStoreTests(TestCase):
         await self.store.run(LEASE, ["t:o"], [10, 20, 1, 1])
         self.assertTrue(self.store.health.up)
         await self.redis.stop()
-        with self.assertRaises(Exception):
+        with self.assertRaises((txredisapi.ConnectionError, TimeoutError)):
             await self.store.run(LEASE, ["t:o"], [10, 20, 1, 1])
         self.assertFalse(self.store.health.up)
         await deferLater(self.reactor, 0.5)
