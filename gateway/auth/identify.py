@@ -21,6 +21,11 @@ from gateway.mqtt.strings import string_problem
 
 T = TypeVar("T")
 
+#: Failed authentications per source address: this many at once ...
+FAILURE_BURST = 5
+#: ... then this many a second (one every 10 s).
+FAILURE_RATE = 0.1
+
 
 class PasswordChecker(Protocol):
     """What authentication needs of a password file."""
@@ -110,6 +115,9 @@ class Authenticator:
     @ivar passwords: the current password file (swappable), or C{None}.
     @ivar check_passwords: C{False} in broker mode, where the broker checks them.
     @ivar allow_anonymous: whether a request with no credentials may publish.
+    @ivar failures: the failed authentications per address: local buckets of
+        L{FAILURE_BURST} and L{FAILURE_RATE} unless given (e.g. shared by a
+        fleet, L{gateway.cluster.logins}).
     """
 
     def __init__(
@@ -123,9 +131,10 @@ class Authenticator:
         self.passwords = passwords
         self.allow_anonymous = allow_anonymous
         self.check_passwords = check_passwords
-        # Five failed attempts at once, then one every 10 s, per source address.
         self.failures: Buckets = (
-            KeyedBuckets(rate=0.1, burst=5) if failures is None else failures
+            KeyedBuckets(rate=FAILURE_RATE, burst=FAILURE_BURST)
+            if failures is None
+            else failures
         )
 
     def authenticate(self, claim: Claim, now: float) -> Identity:

@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from gateway.auth.identify import FAILURE_BURST, FAILURE_RATE
 from gateway.cluster.redis import KEY_PREFIX, SharedStore
 from gateway.cluster.scripts import BLOCKED, FAILURE
 from gateway.limits import KeyedBuckets
@@ -50,8 +51,8 @@ class SharedFailures(Service):
         store: SharedStore,
         clock: IReactorTime,
         *,
-        rate: float = 0.1,
-        burst: float = 5,
+        rate: float = FAILURE_RATE,
+        burst: float = FAILURE_BURST,
         refresh: float = 0.5,
         max_blocked: int = 100_000,
     ) -> None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cluster.test_parts -*-
+# -*- test-case-name: tests.cluster.test_config -*-
 """
 The shared state of C{[cluster]} as the service tree assembles it: the Redis
 connection and the failed-login refresh as services, the nonce cache, and how

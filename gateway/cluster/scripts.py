@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cluster.test_redis_integration -*-
+# -*- test-case-name: tests.cluster.test_store -*-
 """
 The Lua scripts run inside Redis: each is one atomic step on shared state, timed
 by the Redis server's clock (C{TIME}), so hosts whose clocks differ still share
