@@ -209,19 +209,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put C{section} between this command's markers in C{path}, keeping the rest."""
-    begin, end = f"<!-- {COMMAND}: begin -->", f"<!-- {COMMAND}: end -->"
-    text = path.read_text() if path.exists() else report.HEADER
-    new = f"{begin}\n{section.rstrip()}\n{end}\n"
-    start, stop = text.find(begin), text.find(end)
-    if 0 <= start < stop:
-        text = text[:start] + new + text[stop + len(end) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + new
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print and record the comparison."""
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__)
@@ -234,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = [*COMMAND.split(), *(sys.argv[1:] if argv is None else argv)]
     section = render(runs, command, version, args.connections)
     print(section)
-    write_section(args.output, section)
+    report.write_section(args.output, COMMAND, section)
     return 0
 
 
