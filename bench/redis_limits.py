@@ -203,7 +203,13 @@ def render(
     lines += [
         "",
         "Ratio (best shared run / best local run): "
-        f"**{per_s(shared) / per_s(local):.2f}x**.",
+        f"**{per_s(shared) / per_s(local):.2f}x**; round by round (shared / the "
+        "local run just before it): "
+        + ", ".join(
+            f"{per_s(b) / per_s(a):.2f}x"
+            for a, b in zip(runs[::2], runs[1::2], strict=False)
+        )
+        + ".",
         "",
     ]
     return "\n".join(lines)
