@@ -12,7 +12,7 @@ import time
 from types import SimpleNamespace
 from urllib.parse import urlencode
 
-from gateway.auth.aliyun_signature import ACS3_ALGORITHMS
+from gateway.auth.aliyun_schemes import ACS3_ALGORITHMS
 from gateway.model import Connection, Peer
 from gateway.web.messages import HTTPRequest
 

@@ -23,164 +23,36 @@ and the nonces seen live in a L{NonceCache} the caller owns.
 Parameter values are bytes (the percent-decoded query), so that what is signed is
 exactly what was sent, whatever its encoding; the spaces that the new SDK encodes
 as C{+} and the old one as C{%20} decode to the same byte.
+
+The schemes' canonical forms and HMACs are in L{gateway.auth.aliyun_schemes},
+the nonces seen in L{gateway.auth.nonce_cache}, the refusals in
+L{gateway.auth.aliyun_errors}.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
-import enum
 import hashlib
 import hmac
-import math
-import os
 from collections.abc import Mapping
-from urllib.parse import quote
 
 import attrs
 
-from gateway.errors import Code, GatewayError
+from gateway.auth.aliyun_errors import Reason, SignatureError
+from gateway.auth.aliyun_schemes import (
+    ACS3_ALGORITHMS,
+    acs3_canonical_request,
+    acs3_signature,
+    acs3_string_to_sign,
+    rpc_signature,
+    rpc_string_to_sign,
+)
+from gateway.auth.nonce_cache import NonceCache
 
 #: Seconds a request's time may differ from ours, either way.
 WINDOW = 15 * 60
 
-#: The ACS3 algorithms verified: name -> hash name for hashlib/hmac.
-ACS3_ALGORITHMS: dict[str, str] = {"ACS3-HMAC-SHA256": "sha256"}
-if "sm3" in hashlib.algorithms_available:  # pragma: no branch
-    ACS3_ALGORITHMS["ACS3-HMAC-SM3"] = "sm3"
-
 _MAX_NONCE = 256
-
-
-class Reason(enum.Enum):
-    """Why a request's signature was refused."""
-
-    MALFORMED = "malformed"
-    UNKNOWN_KEY = "unknown-key"
-    BAD_SIGNATURE = "bad-signature"
-    BAD_TIMESTAMP = "bad-timestamp"
-    EXPIRED = "expired"
-    NONCE_USED = "nonce-used"
-
-
-class SignatureError(GatewayError):
-    """
-    A request whose signature does not prove that it comes from a configured
-    AccessKey, now.
-
-    @ivar reason: which check failed.
-    """
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(Code.Unauthorized, message)
-        self.reason = reason
-
-    @property
-    def failed_authentication(self) -> bool:
-        """
-        Whether this looks like guessing or replaying rather than a client with a
-        wrong clock: an unknown key, a wrong signature or a reused nonce.
-        """
-        return self.reason in (
-            Reason.UNKNOWN_KEY,
-            Reason.BAD_SIGNATURE,
-            Reason.NONCE_USED,
-        )
-
-
-def percent_encode(value: bytes | str) -> str:
-    """
-    RFC 3986 percent-encoding as Alibaba signs it: everything but
-    C{A-Z a-z 0-9 - _ . ~} is C{%XX} (upper-case hex), a space is C{%20}.
-    """
-    return quote(value, safe="~")
-
-
-def canonical_query(params: Mapping[str, bytes]) -> str:
-    """
-    C{name=value} pairs, percent-encoded, sorted by encoded name, joined by C{&};
-    empty values are kept (C{name=}).
-    """
-    pairs = sorted((percent_encode(k), percent_encode(v)) for k, v in params.items())
-    return "&".join(f"{k}={v}" for k, v in pairs)
-
-
-def rpc_string_to_sign(method: str, params: Mapping[str, bytes]) -> str:
-    """
-    The HMAC-SHA1 scheme's string to sign: C{METHOD&%2F&} and the percent-encoded
-    canonical query of every parameter but C{Signature}.
-    """
-    signed = {k: v for k, v in params.items() if k != "Signature"}
-    return f"{method}&{percent_encode('/')}&{percent_encode(canonical_query(signed))}"
-
-
-def rpc_signature(secret: str, string_to_sign: str) -> str:
-    """Base64 of HMAC-SHA1 keyed with C{secret + "&"}."""
-    digest = hmac.digest(
-        (secret + "&").encode("utf-8"), string_to_sign.encode("utf-8"), "sha1"
-    )
-    return base64.b64encode(digest).decode("ascii")
-
-
-def canonical_headers(
-    headers: tuple[tuple[bytes, bytes], ...], names: list[bytes]
-) -> bytes:
-    r"""
-    C{name:value\n} for each of C{names} (lower case) in that order; values
-    stripped, several values of one name sorted and joined by C{,}.
-
-    @raise SignatureError: a signed header is not in the request.
-    """
-    lines = []
-    for name in names:
-        values = sorted(value.strip() for key, value in headers if key == name)
-        if not values:
-            raise SignatureError(
-                Reason.MALFORMED, f"the signed header {name.decode()!r} is missing"
-            )
-        lines.append(name + b":" + b",".join(values) + b"\n")
-    return b"".join(lines)
-
-
-def acs3_canonical_request(
-    method: str,
-    path: str,
-    query: Mapping[str, bytes],
-    *,
-    headers: tuple[tuple[bytes, bytes], ...],
-    signed_headers: str,
-    payload_hash: str,
-) -> bytes:
-    """
-    The ACS3 canonical request: method, path, canonical query, canonical signed
-    headers, the signed header names and the hex hash of the body, one per line.
-    """
-    names = [name.encode("ascii") for name in signed_headers.split(";")]
-    return b"\n".join(
-        [
-            method.encode("ascii"),
-            path.encode("utf-8"),
-            canonical_query(query).encode("ascii"),
-            canonical_headers(headers, names),
-            signed_headers.encode("ascii"),
-            payload_hash.encode("ascii"),
-        ]
-    )
-
-
-def acs3_string_to_sign(algorithm: str, canonical_request: bytes) -> str:
-    r"""C{ALGORITHM\n} and the hex hash of the canonical request."""
-    digest = hashlib.new(ACS3_ALGORITHMS[algorithm], canonical_request).hexdigest()
-    return f"{algorithm}\n{digest}"
-
-
-def acs3_signature(algorithm: str, secret: str, string_to_sign: str) -> str:
-    """Hex HMAC of C{string_to_sign} keyed with C{secret}."""
-    return hmac.new(
-        secret.encode("utf-8"),
-        string_to_sign.encode("utf-8"),
-        ACS3_ALGORITHMS[algorithm],
-    ).hexdigest()
 
 
 def parse_timestamp(text: str) -> float:
@@ -199,61 +71,6 @@ def parse_timestamp(text: str) -> float:
             f"the time {text!r} is not ISO 8601 UTC (yyyy-MM-ddTHH:mm:ssZ)",
         )
     return when.timestamp()
-
-
-class NonceCache:
-    """
-    The nonces of accepted requests, each kept until its request's time is out of
-    the window, so that a replay within the window is recognised.
-
-    Bounded in time (whole slots of C{slot} seconds are dropped as they expire)
-    and in size: beyond C{max_entries} live nonces, L{add} refuses new ones rather
-    than forget live ones, which would let their requests be replayed. Nonces are
-    kept as 64-bit keyed digests (about 60 bytes each), the key random per process.
-    """
-
-    def __init__(self, max_entries: int = 1_000_000, slot: float = 60.0) -> None:
-        self.max_entries = max_entries
-        self.slot = slot
-        self._slots: dict[int, set[int]] = {}
-        self._size = 0
-        self._key = os.urandom(16)
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(self, nonce: str, until: float, now: float) -> bool:
-        """
-        Remember C{nonce} until at least C{until}.
-
-        @return: C{False} if it is remembered already (a replay), else C{True}.
-        @raise GatewayError: 429 C{RateLimited} when the cache is full.
-        """
-        self._expire(now)
-        digest = int.from_bytes(
-            hashlib.blake2b(
-                nonce.encode("utf-8"), digest_size=8, key=self._key
-            ).digest(),
-            "big",
-        )
-        for members in self._slots.values():
-            if digest in members:
-                return False
-        if self._size >= self.max_entries:
-            first = min(self._slots) * self.slot
-            raise GatewayError(
-                Code.RateLimited,
-                "too many signed requests within the replay window",
-                retry_after=max(1, math.ceil(first - now)),
-            )
-        index = math.ceil(until / self.slot)
-        self._slots.setdefault(index, set()).add(digest)
-        self._size += 1
-        return True
-
-    def _expire(self, now: float) -> None:
-        for index in [i for i in self._slots if i * self.slot < now]:
-            self._size -= len(self._slots.pop(index))
 
 
 @attrs.frozen

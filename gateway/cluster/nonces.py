@@ -19,7 +19,7 @@ import math
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from gateway.auth.aliyun_signature import NonceCache
+from gateway.auth.nonce_cache import NonceCache
 from gateway.cluster.redis import KEY_PREFIX, SharedStore
 from gateway.errors import GatewayError
 

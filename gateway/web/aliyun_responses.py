@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from gateway.auth.aliyun_signature import Reason, SignatureError
+from gateway.auth.aliyun_errors import Reason, SignatureError
 from gateway.errors import Code, GatewayError
 from gateway.web.aliyun_requests import AliyunError
 from gateway.web.messages import AccessLogFields, HTTPResponse

@@ -15,22 +15,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.auth.aliyun_signature import (
+from gateway.auth.aliyun_errors import Reason, SignatureError
+from gateway.auth.aliyun_schemes import (
     ACS3_ALGORITHMS,
-    WINDOW,
-    NonceCache,
-    Reason,
-    SignatureError,
-    Verifier,
     acs3_canonical_request,
     acs3_signature,
     acs3_string_to_sign,
     canonical_query,
-    parse_timestamp,
     percent_encode,
     rpc_signature,
     rpc_string_to_sign,
 )
+from gateway.auth.aliyun_signature import WINDOW, Verifier, parse_timestamp
+from gateway.auth.nonce_cache import NonceCache
 from gateway.errors import Code, GatewayError
 from gateway.web.aliyun_requests import parse_parameters, signed_request
 from gateway.web.messages import HTTPRequest

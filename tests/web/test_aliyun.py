@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.auth.aliyun_signature import Reason, SignatureError
+from gateway.auth.aliyun_errors import Reason, SignatureError
 from gateway.auth.identify import Authenticator
 from gateway.config import AliyunConfig, LimitsConfig
 from gateway.core import Gateway, TopicPolicy
