@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import wrk
 from bench.processes import start_baseline, start_gateway, start_mosquitto
-from bench.report import machine, write_section
+from bench.report import publish
 
 CONNECTIONS = 32
 CONFIG = """\
@@ -107,28 +106,22 @@ def main(argv: list[str]) -> int:
                 gateway.stop()
         finally:
             broker.stop()
-    m = machine()
     floor = bare.requests_per_s
-    lines = [
-        f"- Machine: {m.system}; {m.cpu}; {m.cpus} CPUs; {m.python}, Twisted "
-        f"{m.twisted}, {m.mosquitto}, {m.wrk}; repository at {m.revision}",
-        f"- Command: `python -m bench.halfload --duration {args.duration}`; wrk -t1 "
-        f"-c{CONNECTIONS}, 64-byte QoS 1 POSTs; the paced load waits {pause:.2f} ms"
-        " on average after each answer on each connection",
-        "",
-        "| load | requests/s | ÷ bare llhttp | p50 | p99 | non-2xx |",
-        "|---|---|---|---|---|---|",
-        _row("bare llhttp protocol, full speed", bare, floor),
-        _row("gateway (access log to a file), full speed", peak, floor),
-        _row("gateway, paced to half its peak", half, floor),
-    ]
-    text = "\n".join(lines)
-    print(text)
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    write_section(
+    publish(
         Path(args.output),
         "python -m bench.halfload",
-        f"## Peak and latency at half load ({when})\n\n{text}\n",
+        "Peak and latency at half load",
+        [
+            f"- Command: `python -m bench.halfload --duration {args.duration}`; wrk"
+            f" -t1 -c{CONNECTIONS}, 64-byte QoS 1 POSTs; the paced load waits"
+            f" {pause:.2f} ms on average after each answer on each connection",
+            "",
+            "| load | requests/s | ÷ bare llhttp | p50 | p99 | non-2xx |",
+            "|---|---|---|---|---|---|",
+            _row("bare llhttp protocol, full speed", bare, floor),
+            _row("gateway (access log to a file), full speed", peak, floor),
+            _row("gateway, paced to half its peak", half, floor),
+        ],
     )
     return 0
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.processes import HOST, sample, start_gateway, start_mosquitto
-from bench.report import machine, write_section
+from bench.report import publish
 
 CONFIG = """\
 [limits]
@@ -106,24 +106,19 @@ def main(argv: list[str]) -> int:
             broker.stop()
     per_first = (after_first - before) / count
     per_second = (after_second - after_first) / count
-    m = machine()
-    lines = [
-        f"- Machine: {m.system}; {m.cpu}; {m.cpus} CPUs; {m.python}, Twisted"
-        f" {m.twisted}, {m.mosquitto}; repository at {m.revision}",
-        f"- Command: `python -m bench.idle_memory --connections {count}`",
-        f"- Gateway RSS before: {before:,} KiB; after {count:,} idle keep-alive "
-        f"connections: {after_first:,} KiB; after {2 * count:,}: {after_second:,} KiB",
-        f"- **First {count:,}: {per_first:.1f} KiB per connection; next {count:,}: "
-        f"{per_second:.1f} KiB per connection** (each answered one QoS 1 POST, "
-        "then idle)",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    write_section(
+    publish(
         Path(args.output),
         "python -m bench.idle_memory",
-        f"## Memory per idle keep-alive connection ({when})\n\n{text}\n",
+        "Memory per idle keep-alive connection",
+        [
+            f"- Command: `python -m bench.idle_memory --connections {count}`",
+            f"- Gateway RSS before: {before:,} KiB; after {count:,} idle keep-alive "
+            f"connections: {after_first:,} KiB; after {2 * count:,}: "
+            f"{after_second:,} KiB",
+            f"- **First {count:,}: {per_first:.1f} KiB per connection; next "
+            f"{count:,}: {per_second:.1f} KiB per connection** (each answered one "
+            "QoS 1 POST, then idle)",
+        ],
     )
     return 0
 

@@ -665,6 +665,26 @@ def write_section(path: Path, command: str, section: str) -> None:
     path.write_text(text)
 
 
+def machine_line() -> str:
+    """One Markdown line naming this machine and the software under test."""
+    m = machine()
+    return (
+        f"- Machine: {m.system}; {m.cpu}; {m.cpus} CPUs; {m.python}, Twisted "
+        f"{m.twisted}, {m.mosquitto}, {m.wrk}; repository at {m.revision}"
+    )
+
+
+def publish(path: Path, command: str, title: str, lines: list[str]) -> None:
+    """
+    Print the result C{lines} of C{command} (after the machine's line) and put
+    them in C{path} as its section, headed C{title} and the time.
+    """
+    text = "\n".join([machine_line(), *lines])
+    print(text)
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    write_section(path, command, f"## {title} ({when})\n\n{text}\n")
+
+
 def write_bulk(path: Path, section: str) -> None:
     """L{write_section} for C{python -m bench.bulk}."""
     write_section(path, "python -m bench.bulk", section)
