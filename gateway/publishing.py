@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from gateway.auth.files import read_bytes
 from gateway.config import BrokerAddress, Config, ConfigError, MQTTConfig
-from gateway.embedded import EmbeddedBroker
+from gateway.embedded import EmbeddedBroker, embedded_broker
 from gateway.interfaces import IPublisher
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
@@ -39,6 +39,7 @@ from gateway.startup import StartupError
 __all__ = [
     "BrokerTarget",
     "StartFirst",
+    "add_embedded_broker",
     "broker_endpoints",
     "broker_targets",
     "build_publisher",
@@ -134,16 +135,40 @@ class StartFirst(Service):
         return self.broker.stopService()
 
 
+def add_embedded_broker(
+    config: Config, root: MultiService, reactor: Any
+) -> EmbeddedBroker | None:
+    """
+    The embedded broker, started first under C{root}, when C{config} names no
+    broker; else C{None}.
+    """
+    if not config.embedded_broker:
+        return None
+    address = config.mqtt.brokers[0]
+    embedded = embedded_broker(address.host, address.port, reactor)
+    starter = StartFirst(embedded)
+    starter.setName("embedded-broker")
+    starter.setServiceParent(root)
+    return embedded
+
+
 def build_publisher(
     config: Config,
     brokers: Sequence[Broker],
     root: MultiService,
     reactor: Any,
     embedded: EmbeddedBroker | None = None,
+    *,
+    worker: int = 1,
+    protocol: str | None = None,
 ) -> IPublisher:
     """
     The publisher of the configured mode, its services under C{root}; it speaks
-    the embedded broker's MQTT version when there is one.
+    the embedded broker's MQTT version when there is one (or C{protocol}, the
+    version of the embedded broker another process runs).
+
+    @param worker: the number of the worker process, for C{{worker}} in the
+        gateway's client id.
     """
     if config.auth.mode == "broker":
         passthrough = PassthroughPublisher(
@@ -159,10 +184,12 @@ def build_publisher(
         _log.info("Broker mode: each sender gets its own broker session")
         return passthrough
     settings = SessionSettings(
-        client_id=config.mqtt.gateway_client_id(socket.gethostname()),
+        client_id=config.mqtt.gateway_client_id(socket.gethostname(), worker),
         username=config.mqtt.username or None,
         password=config.mqtt.password.encode() if config.mqtt.password else None,
-        protocol=config.mqtt.protocol if embedded is None else embedded.protocol,
+        protocol=embedded.protocol
+        if embedded is not None
+        else protocol or config.mqtt.protocol,
         keepalive=config.mqtt.keepalive,
     )
     session = BrokerSession(

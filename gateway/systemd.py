@@ -20,17 +20,24 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.clock import default_clock
-from gateway.interfaces import IPublisher
-from gateway.status import PublisherStatus
+from gateway.status import PublisherStatus, StatusObserver
 
-__all__ = ["Notifier", "SystemdNotifier", "broker_status", "watchdog_interval"]
+__all__ = [
+    "Notifier",
+    "StatusSource",
+    "SystemdNotifier",
+    "broker_status",
+    "watchdog_interval",
+]
 
 _log = Logger()
 
@@ -145,6 +152,16 @@ def broker_status(status: PublisherStatus, brokers: Sequence[str] = ()) -> str:
     return "Broker unreachable, retrying"
 
 
+class StatusSource(Protocol):
+    """What the status lines describe: an L{IPublisher}, or a parent's workers."""
+
+    def status(self) -> PublisherStatus:
+        """The broker connection's state now."""
+
+    def observe(self, observer: StatusObserver) -> Callable[[], None]:
+        """Call C{observer} at each change; return how to stop."""
+
+
 class SystemdNotifier(Service):
     """
     Keeps systemd informed (see the module docstring). Add it to the service
@@ -153,12 +170,14 @@ class SystemdNotifier(Service):
 
     def __init__(
         self,
-        publisher: IPublisher | None = None,
+        publisher: StatusSource | None = None,
         *,
         brokers: Sequence[str] = (),
         clock: IReactorTime | None = None,
         environ: Mapping[str, str] | None = None,
         connect_grace: float = 1.0,
+        ready: Callable[[], Deferred[None]] | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> None:
         """
         @param publisher: the L{IPublisher} whose broker connection the status
@@ -170,6 +189,10 @@ class SystemdNotifier(Service):
             C{WATCHDOG_PID} are read (by default C{os.environ}).
         @param connect_grace: seconds after start after which a broker still
             not connected is reported unreachable.
+        @param ready: when C{READY=1} is due: the Deferred it returns fires
+            (at start when C{None}).
+        @param alive: whether C{WATCHDOG=1} is due at a ping (always when
+            C{None}): a parent pings only while its workers answer.
         """
         clock = default_clock(clock)
         self._clock = clock
@@ -178,18 +201,34 @@ class SystemdNotifier(Service):
         self.notifier = Notifier.from_environment(environ)
         self.watchdog = watchdog_interval(environ) if self.notifier else None
         self.connect_grace = connect_grace
+        self._ready = ready
+        self._alive = alive
+        self._waiting: Deferred[None] | None = None
         self.status: str | None = None
         self._pings: LoopingCall | None = None
         self._grace: IDelayedCall | None = None
         self._stop_observing: Callable[[], None] | None = None
 
     def startService(self) -> None:
-        """Say READY=1 with a first status; start pinging and observing."""
+        """
+        Say READY=1 with a first status (once C{ready} fires, when given);
+        start pinging and observing.
+        """
         super().startService()
         if self.notifier is None:
             return
-        self.status = "Listening; connecting to the MQTT broker"
+        if self._ready is None:
+            self._announce()
+            return
+        self._waiting = self._ready()
+        self._waiting.addCallback(lambda _: self._announce())
+
+    def _announce(self) -> None:
+        self._waiting = None
+        if self.notifier is None or not self.running:
+            return
         publisher = self.publisher
+        self.status = "Listening; connecting to the MQTT broker"
         if publisher is not None and publisher.status().connected:
             self.status = broker_status(publisher.status(), self.brokers)
         self.notifier.send("READY=1", f"STATUS={self.status}")
@@ -204,6 +243,9 @@ class SystemdNotifier(Service):
     def stopService(self) -> None:
         """Say STOPPING=1; stop pinging and observing."""
         super().stopService()
+        if self._waiting is not None:
+            self._waiting.cancel()
+            self._waiting = None
         if self._pings is not None and self._pings.running:
             self._pings.stop()
         self._pings = None
@@ -218,8 +260,8 @@ class SystemdNotifier(Service):
             self.notifier.close()
 
     def ping(self) -> None:
-        """Send C{WATCHDOG=1}: the reactor is alive."""
-        if self.notifier is not None:
+        """Send C{WATCHDOG=1}: the reactor is alive (and C{alive} says so)."""
+        if self.notifier is not None and (self._alive is None or self._alive()):
             self.notifier.send("WATCHDOG=1")
 
     def status_changed(self, status: PublisherStatus) -> None:

@@ -13,8 +13,10 @@ L{gateway.listeners} and L{gateway.publishing}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
@@ -28,20 +30,20 @@ from gateway.auth.identify import Authenticator
 from gateway.auth.passwords import PasswordFile
 from gateway.auth.tls_reload import ReloadableServerTLS
 from gateway.cluster.parts import shared_state
-from gateway.config import Config, ConfigError, default, load
+from gateway.config import Config, ConfigError, LimitsConfig, default, load
 from gateway.core import Gateway
-from gateway.embedded import embedded_broker
+from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.listeners import Listener, connection_cap, parse_endpoints
 from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
 from gateway.publishing import (
     BrokerTarget,
-    StartFirst,
+    add_embedded_broker,
     broker_endpoints,
     broker_targets,
     build_publisher,
 )
-from gateway.reload import Reloader, ReloadOnSIGHUP, command_line_loader
+from gateway.reload import Reloader, ReloadOnSIGHUP, ReloadReport, command_line_loader
 from gateway.shutdown import DrainHTTP, StopInOrder
 from gateway.signals import ExitCleanlyOnSIGTERM
 from gateway.startup import StartupError
@@ -53,8 +55,18 @@ from gateway.web.emqx import EMQXAPI
 from gateway.web.router import Router
 from gateway.web.server import HTTPServerFactory
 from gateway.web.topics import TopicsAPI
+from gateway.workers.parent import parent_service
+from gateway.workers.role import WorkerRole
 
-__all__ = ["Listener", "Options", "StartupError", "connection_cap", "makeService"]
+__all__ = [
+    "Assembly",
+    "Listener",
+    "Options",
+    "StartupError",
+    "build",
+    "connection_cap",
+    "makeService",
+]
 
 log = Logger()
 
@@ -137,12 +149,31 @@ class Options(usage.Options):
         self.config = config
 
 
+@attrs.frozen
+class Assembly:
+    """
+    A gateway's service tree and the parts a worker's control channel uses.
+
+    @ivar root: the tree.
+    @ivar publisher: whose status tells the broker session's state.
+    @ivar metrics: the metrics, when C{[admin] listen} is set.
+    @ivar reload: what SIGHUP does.
+    """
+
+    root: StopInOrder
+    publisher: IPublisher
+    metrics: GatewayMetrics | None
+    reload: Callable[[], ReloadReport]
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The service tree of the daemon, built from checked options for C{reactor}
     (the global one when C{None}). It only assembles: the services start their
     work (listening, connecting, opening the access log, handling signals) when
-    started.
+    started. With C{[server] workers} above 1 that is the parent, which binds
+    the listeners and supervises the worker processes serving them
+    (L{gateway.workers.parent}); otherwise one process does everything.
 
     @raise StartupError: for a listening endpoint string that does not parse.
     """
@@ -150,21 +181,32 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    if options.config.server.workers > 1:
+        return parent_service(options, reactor)
+    return build(options, reactor).root
+
+
+def build(options: Options, reactor: Any, role: WorkerRole | None = None) -> Assembly:
+    """
+    The service tree of one process serving the listeners: a single process
+    (C{role} is C{None}) or one worker, which serves the sockets it adopted,
+    enforces its share of the limits and leaves the embedded broker, the admin
+    listener and systemd to the parent.
+
+    @raise StartupError: for a listening endpoint string that does not parse.
+    """
     config = options.config
-    try:
-        endpoints = parse_endpoints(config, reactor)
-    except ConfigError as e:
-        raise StartupError(str(e)) from None
+    if role is not None:
+        endpoints = role.endpoints
+    else:
+        try:
+            endpoints = parse_endpoints(config, reactor)
+        except ConfigError as e:
+            raise StartupError(str(e)) from None
     # Stopped last-added first, one after another: listeners, then the drain of
     # requests in flight, then the broker sessions.
     root = StopInOrder()
-    embedded = None
-    if config.embedded_broker:
-        address = config.mqtt.brokers[0]
-        embedded = embedded_broker(address.host, address.port, reactor)
-        starter = StartFirst(embedded)
-        starter.setName("embedded-broker")
-        starter.setServiceParent(root)
+    embedded = add_embedded_broker(config, root, reactor)
     # No configuration file at all: the laptop default, where anyone may publish.
     anonymous = config.auth.allow_anonymous or not options["config"]
     if anonymous:
@@ -177,7 +219,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             else "",
         )
     brokers = broker_endpoints(options.brokers, reactor)
-    publisher = build_publisher(config, brokers, root, reactor, embedded)
+    publisher = build_publisher(
+        config,
+        brokers,
+        root,
+        reactor,
+        embedded,
+        worker=role.number if role is not None else 1,
+        protocol=role.broker_protocol if role is not None else None,
+    )
     # Stopped after the drain: requests in flight may still need it.
     shared = shared_state(config.cluster, root, reactor)
     make_limiter = RateLimiter if shared is None else shared.limiter
@@ -189,6 +239,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             metrics.watch_redis(shared.store.health)
         metrics.setServiceParent(root)
         publisher = MeasuredPublisher(publisher, metrics, reactor)
+
+    def limits_of(limits: LimitsConfig) -> LimitsConfig:
+        return limits if role is None else role.limits(config, limits)
+
     authenticator = Authenticator(
         options.passwords,
         allow_anonymous=anonymous,
@@ -200,7 +254,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         authenticator,
         reactor,
         options.acl,
-        limiter=make_limiter(config.limits),
+        limiter=make_limiter(limits_of(config.limits)),
     )
     access_log = None
     if config.log.access:
@@ -246,10 +300,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         https = tls_factory(factory, tls, reactor)
         for description, endpoint in endpoints.tls:
             Listener(description, endpoint, https, "HTTPS").setServiceParent(root)
-    if metrics is not None and endpoints.admin is not None:
+    if metrics is not None:
         metrics.watch_connections(factory)
         if tls is not None:
             metrics.watch_tls(tls)
+    if metrics is not None and endpoints.admin is not None:
         admin = HTTPServerFactory(
             AdminRouter(publisher, metrics), max_body=4096, clock=reactor
         )
@@ -262,15 +317,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             authenticator=authenticator,
             core=core,
             tls=tls,
-            apply_limits=lambda limits: setattr(core, "limiter", make_limiter(limits)),
+            apply_limits=lambda limits: setattr(
+                core, "limiter", make_limiter(limits_of(limits))
+            ),
             access_log=access_log,
         ),
     )
     ReloadOnSIGHUP(reloader.reload, reactor).setServiceParent(root)
-    # Last: READY=1 once everything above has started.
-    SystemdNotifier(
-        publisher,
-        brokers=[address.uri for address in config.mqtt.brokers],
-        clock=reactor,
-    ).setServiceParent(root)
-    return root
+    if role is None:
+        # Last: READY=1 once everything above has started.
+        SystemdNotifier(
+            publisher,
+            brokers=[address.uri for address in config.mqtt.brokers],
+            clock=reactor,
+        ).setServiceParent(root)
+    return Assembly(root, publisher, metrics, reloader.reload)

@@ -25,6 +25,7 @@ from gateway.config.settings import (
     LogConfig,
     MQTTConfig,
     SecretMapping,
+    ServerConfig,
     TLSConfig,
 )
 from gateway.config.uris import (
@@ -48,6 +49,7 @@ __all__ = [
     "MQTTConfig",
     "RedisAddress",
     "SecretMapping",
+    "ServerConfig",
     "TLSConfig",
     "default",
     "load",

@@ -53,6 +53,18 @@ def check(config: Config, tls_option: str | None = None) -> None:
         if mqtt.cert is None:
             missing, given = given, missing
         raise ConfigError(f"{missing}: required when {given} is set")
+    if (
+        config.server.workers > 1
+        and config.auth.mode == "gateway"
+        and "{worker}" not in mqtt.client_id
+        and "{pid}" not in mqtt.client_id
+    ):
+        # One client id for several sessions: the broker would keep only one.
+        raise ConfigError(
+            "mqtt.client_id: must contain {worker} or {pid} when server.workers "
+            "is above 1 (each worker has its own broker session), "
+            f"got {mqtt.client_id!r}"
+        )
     limits = config.limits
     for rate, burst in (("rate", "burst"), ("client_rate", "client_burst")):
         if getattr(limits, rate) > 0 and getattr(limits, burst) < 1:

@@ -141,6 +141,9 @@ def _protocol(label: str, value: Any, base_dir: str) -> str:
     return protocol
 
 
+#: What C{[mqtt] client_id} may contain: replaced by the host name, the
+#: worker's number and the process id.
+CLIENT_ID_PLACEHOLDERS = ("{hostname}", "{worker}", "{pid}")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}|[{}]")
 
 
@@ -149,12 +152,21 @@ def _client_id(label: str, value: Any, base_dir: str) -> str:
     if "\x00" in client_id:
         raise ConfigError(f"{label}: must not contain U+0000")
     for match in _PLACEHOLDER.finditer(client_id):
-        if match.group() != "{hostname}":
+        if match.group() not in CLIENT_ID_PLACEHOLDERS:
             raise ConfigError(
                 f"{label}: unknown placeholder {match.group()!r} "
-                "(only {hostname} is replaced)"
+                "(only {hostname}, {worker} and {pid} are replaced)"
             )
     return client_id
+
+
+def _workers(label: str, value: Any, base_dir: str) -> int:
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    if isinstance(value, str):
+        raise ConfigError(f"{label}: expected an integer or 'auto', got {value!r}")
+    workers: int = _integer(1, 1024)(label, value, base_dir)
+    return workers
 
 
 def _resolve(label: str, value: str, base_dir: str) -> str:
@@ -201,6 +213,7 @@ _NON_NEGATIVE = _number(positive=False)
 # The schema of the configuration file: section -> (settings class, key -> converter).
 # Section names are the fields of Config, key names the fields of each class.
 SCHEMA: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
+    "server": (settings.ServerConfig, {"workers": _workers}),
     "http": (
         settings.HTTPConfig,
         {

@@ -6,6 +6,7 @@ them all, with the command-line overrides.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -45,6 +46,19 @@ class SecretMapping(Mapping[str, str]):
 
 def secret_mapping(items: Mapping[str, str]) -> SecretMapping:
     return items if isinstance(items, SecretMapping) else SecretMapping(items)
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    C{[server]}: the processes that serve.
+
+    @ivar workers: how many worker processes serve the listeners, at least 1;
+        C{"auto"} in the file is the number of CPUs. 1 is one process doing
+        everything.
+    """
+
+    workers: int = 1
 
 
 @attrs.frozen
@@ -103,8 +117,8 @@ class MQTTConfig:
     @ivar brokers_configured: whether C{brokers} came from the file or the command
         line (otherwise the embedded broker runs at the default address).
     @ivar protocol: C{"5"}, C{"3.1.1"} or C{"auto"}.
-    @ivar client_id: the gateway's client id; C{{hostname}} is replaced by
-        L{gateway_client_id}.
+    @ivar client_id: the gateway's client id; C{{hostname}}, C{{worker}} and
+        C{{pid}} are replaced by L{gateway_client_id}.
     @ivar password: never shown by C{repr}.
     @ivar ca: the CA file for C{mqtts://} brokers, or C{None} for the system store.
     @ivar cert: the gateway's client certificate for C{mqtts://}, or C{None}; set
@@ -116,7 +130,7 @@ class MQTTConfig:
     brokers: tuple[BrokerAddress, ...] = (_DEFAULT_BROKER,)
     brokers_configured: bool = False
     protocol: str = "auto"
-    client_id: str = "mqtt-http-gateway-{hostname}"
+    client_id: str = "mqtt-http-gateway-{hostname}-{worker}"
     username: str = ""
     password: str = attrs.field(default="", repr=False)
     ca: str | None = None
@@ -125,16 +139,24 @@ class MQTTConfig:
     keepalive: int = 60
     publish_timeout: float = 10.0
 
-    def gateway_client_id(self, hostname: str | None = None) -> str:
+    def gateway_client_id(
+        self, hostname: str | None = None, worker: int = 1, pid: int | None = None
+    ) -> str:
         """
-        C{client_id} with C{{hostname}} replaced by C{hostname}
-        (by default C{socket.gethostname()}).
+        C{client_id} with C{{hostname}} replaced by C{hostname} (by default
+        C{socket.gethostname()}), C{{worker}} by the worker's number C{worker}
+        (1 when one process serves) and C{{pid}} by C{pid} (by default
+        C{os.getpid()}).
         """
-        if "{hostname}" not in self.client_id:
-            return self.client_id
-        if hostname is None:
-            hostname = socket.gethostname()
-        return self.client_id.replace("{hostname}", hostname)
+        client_id = self.client_id
+        if "{hostname}" in client_id:
+            if hostname is None:
+                hostname = socket.gethostname()
+            client_id = client_id.replace("{hostname}", hostname)
+        if "{pid}" in client_id:
+            pid = os.getpid() if pid is None else pid
+            client_id = client_id.replace("{pid}", str(pid))
+        return client_id.replace("{worker}", str(worker))
 
 
 @attrs.frozen
@@ -234,6 +256,7 @@ class Config:
     @ivar source: the absolute path of the config file, or C{None}.
     """
 
+    server: ServerConfig = ServerConfig()
     http: HTTPConfig = HTTPConfig()
     tls: TLSConfig = TLSConfig()
     mqtt: MQTTConfig = MQTTConfig()

@@ -6,7 +6,7 @@ only on C{[admin] listen}.
 
   - C{GET /healthz}: 200 while the process runs (the reactor answers);
   - C{GET /readyz}: 200 while a broker session is up (the publisher's
-    L{PublisherStatus}), else 503;
+    L{PublisherStatus}; a parent's is up while every worker has one), else 503;
   - C{GET /metrics}: the metrics, Prometheus text (or OpenMetrics when the
     C{Accept} header asks for it);
   - C{GET /openapi.json}: the OpenAPI 3.1 description of every operation, the
@@ -18,7 +18,10 @@ C{Allow}, other paths 404. The query string is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
+
+from twisted.internet.defer import Deferred
 
 from gateway import openapi
 from gateway.errors import GatewayError
@@ -45,8 +48,13 @@ _LOG = AccessLogFields(api=API.ADMIN)
 class MetricsSource(Protocol):
     """What C{/metrics} shows: a L{gateway.metrics.GatewayMetrics}."""
 
-    def render(self, accept: str | None = None) -> tuple[bytes, str]:
-        """The metrics body and its content type for an C{Accept} value."""
+    def render(
+        self, accept: str | None = None
+    ) -> tuple[bytes, str] | Deferred[tuple[bytes, str]]:
+        """
+        The metrics body and its content type for an C{Accept} value, now or
+        later (a parent asks its workers first).
+        """
 
 
 def _text(status: int, text: str, *headers: tuple[str, str]) -> HTTPResponse:
@@ -72,7 +80,9 @@ class AdminRouter:
         """
         self.publisher = publisher
         self.metrics = metrics
-        self._routes = {
+        self._routes: dict[
+            bytes, Callable[[HTTPRequest], HTTPResponse | Deferred[HTTPResponse]]
+        ] = {
             b"/healthz": self._health,
             b"/readyz": self._ready,
             b"/openapi.json": self._openapi,
@@ -80,7 +90,7 @@ class AdminRouter:
         if metrics is not None:
             self._routes[b"/metrics"] = self._metrics
 
-    def handle(self, request: HTTPRequest) -> HTTPResponse:
+    def handle(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         """Answer C{request} at once."""
         route = self._routes.get(request.path)
         if route is None:
@@ -109,12 +119,18 @@ class AdminRouter:
             log=_LOG,
         )
 
-    def _metrics(self, request: HTTPRequest) -> HTTPResponse:
+    def _metrics(self, request: HTTPRequest) -> HTTPResponse | Deferred[HTTPResponse]:
         assert self.metrics is not None
         accept = request.header(b"accept")
-        body, content_type = self.metrics.render(
+        rendered = self.metrics.render(
             accept.decode("latin-1") if accept is not None else None
         )
+        if isinstance(rendered, Deferred):
+            return rendered.addCallback(self._metrics_response)
+        return self._metrics_response(rendered)
+
+    def _metrics_response(self, rendered: tuple[bytes, str]) -> HTTPResponse:
+        body, content_type = rendered
         return HTTPResponse(
             status=200,
             headers=(("Content-Type", content_type), _NO_STORE),

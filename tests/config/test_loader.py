@@ -40,6 +40,9 @@ BASE = os.path.abspath(os.sep + os.path.join("etc", "gw"))
 
 # The documented configuration block, verbatim: the contract for key names and defaults.
 CONTRACT_BLOCK = """
+[server]
+workers = 1                                  # worker processes serving the listeners;
+                                             # "auto" = one per CPU
 [http]
 listen = ["tcp:8080:interface=127.0.0.1"]   # any Twisted server endpoint strings
 max_body = 262144                            # bytes; larger -> 413
@@ -58,7 +61,8 @@ crl = "revoked.crl"                          # optional; revoked device certs ar
 brokers = ["mqtt://127.0.0.1:1883"]          # mqtt:// or mqtts://; tried in order
 protocol = "auto"                            # "5" | "3.1.1" | "auto": 5, and 3.1.1 when the
                                              # broker refuses 5, closes, or stays silent
-client_id = "mqtt-http-gateway-{hostname}"   # the gateway's own session (gateway mode)
+client_id = "mqtt-http-gateway-{hostname}-{worker}"  # the gateway's own session(s);
+                                             # unique per process: {hostname} {worker} {pid}
 username = ""                                # the gateway's own broker credentials
 password = ""
 ca = ""                                      # for mqtts:// (server name is verified)
@@ -152,7 +156,7 @@ class DefaultsTests(SynchronousTestCase):
                 brokers=(broker,),
                 brokers_configured=False,
                 protocol="auto",
-                client_id="mqtt-http-gateway-{hostname}",
+                client_id="mqtt-http-gateway-{hostname}-{worker}",
                 username="",
                 password="",
                 ca=None,
@@ -219,8 +223,8 @@ class DefaultsTests(SynchronousTestCase):
         self.assertFalse(c.embedded_broker)
 
     def test_spec_keys(self) -> None:
-        """The contract names exactly the nine sections and their keys."""
-        self.assertEqual(len(CONTRACT_KEYS), 36)
+        """The contract names exactly the ten sections and their keys."""
+        self.assertEqual(len(CONTRACT_KEYS), 37)
         self.assertEqual(
             {k.split(".")[0] for k in CONTRACT_KEYS},
             {f.name for f in attrs.fields(Config)} - {"source"},
@@ -415,7 +419,7 @@ class ErrorTests(SynchronousTestCase):
         (
             {"mqtt": {"client_id": "gw-{host}"}},
             "mqtt.client_id: unknown placeholder '{host}' "
-            "(only {hostname} is replaced)",
+            "(only {hostname}, {worker} and {pid} are replaced)",
         ),
         # brokers
         (

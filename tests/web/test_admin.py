@@ -34,7 +34,9 @@ class AdminRouterTests(SynchronousTestCase):
         self.router = AdminRouter(self.publisher, self.metrics)
 
     def handle(self, request: HTTPRequest) -> HTTPResponse:
-        return self.router.handle(request)
+        response = self.router.handle(request)
+        assert isinstance(response, HTTPResponse)
+        return response
 
     def test_healthz(self) -> None:
         """/healthz is 200 whatever the broker does."""
@@ -112,9 +114,9 @@ class AdminRouterTests(SynchronousTestCase):
 
     def test_without_metrics(self) -> None:
         """Without metrics, /metrics is an unknown path."""
-        router = AdminRouter(self.publisher)
-        self.assertEqual(router.handle(get(b"/metrics")).status, 404)
-        self.assertEqual(router.handle(get(b"/healthz")).status, 200)
+        self.router = AdminRouter(self.publisher)
+        self.assertEqual(self.handle(get(b"/metrics")).status, 404)
+        self.assertEqual(self.handle(get(b"/healthz")).status, 200)
 
     def test_other_paths(self) -> None:
         """The device APIs are not served here, nor anything else: 404."""
