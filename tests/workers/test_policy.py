@@ -1,0 +1,128 @@
+# -*- test-case-name: tests.workers.test_policy -*-
+"""
+The supervisor's pure decisions: restart back-off, readiness, answering, and
+each worker's share of the limits.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.config import LimitsConfig, default, parse
+from gateway.workers.policy import (
+    RestartBackoff,
+    WorkerState,
+    all_answering,
+    all_connected,
+    all_serving,
+    limits_are_shared,
+    share_of_limits,
+)
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_doubles_up_to_maximum(self) -> None:
+        """Each death in a row doubles the wait, which stops at the maximum."""
+        backoff = RestartBackoff(initial=0.5, factor=2, maximum=4)
+        self.assertEqual([backoff.delay(n) for n in range(1, 7)], [0.5, 1, 2, 4, 4, 4])
+        self.assertEqual(backoff.delay(10_000), 4)
+
+    def test_stable_run_resets(self) -> None:
+        """A worker that ran for the stable time starts the count again."""
+        backoff = RestartBackoff(stable=10)
+        self.assertEqual(backoff.deaths_in_a_row(5, ran_for=9.9), 6)
+        self.assertEqual(backoff.deaths_in_a_row(5, ran_for=10), 1)
+
+
+def serving(number: int, connected: bool = True, answered: float = 0) -> WorkerState:
+    return WorkerState(
+        number, running=True, serving=True, connected=connected, answered=answered
+    )
+
+
+class ReadinessTests(SynchronousTestCase):
+    def test_all_serving(self) -> None:
+        """Ready to serve only when every worker runs and serves."""
+        self.assertTrue(all_serving([serving(1), serving(2)]))
+        self.assertFalse(all_serving([serving(1), WorkerState(2, running=True)]))
+        self.assertFalse(all_serving([serving(1), WorkerState(2)]))
+        self.assertFalse(all_serving([]))
+
+    def test_all_connected(self) -> None:
+        """Ready (/readyz) only when every worker has its broker session."""
+        self.assertTrue(all_connected([serving(1), serving(2)]))
+        self.assertFalse(all_connected([serving(1), serving(2, connected=False)]))
+        dead = attrs.evolve(serving(2), running=False)
+        self.assertFalse(all_connected([serving(1), dead]))
+
+    def test_all_answering(self) -> None:
+        """Every worker must have answered within the deadline."""
+        workers = [serving(1, answered=10), serving(2, answered=14)]
+        self.assertTrue(all_answering(workers, now=15, deadline=5))
+        self.assertFalse(all_answering(workers, now=15.5, deadline=5))
+        never = WorkerState(3, running=True, serving=True)
+        self.assertFalse(all_answering([*workers, never], now=15, deadline=5))
+        dead = attrs.evolve(serving(3, answered=15), running=False)
+        self.assertFalse(all_answering([*workers, dead], now=15, deadline=5))
+        self.assertFalse(all_answering([], now=15, deadline=5))
+
+
+class LimitsShareTests(SynchronousTestCase):
+    def test_divided(self) -> None:
+        """Rates are divided by the workers, bursts too (rounded up)."""
+        limits = LimitsConfig(rate=1000, burst=1001, client_rate=10, client_burst=3)
+        self.assertEqual(
+            share_of_limits(default(), limits, 2),
+            LimitsConfig(rate=500, burst=501, client_rate=5, client_burst=2),
+        )
+
+    def test_burst_at_least_one(self) -> None:
+        """A rate that is on keeps a burst of at least 1; an off rate stays off."""
+        limits = LimitsConfig(rate=3, burst=1, client_rate=0, client_burst=0)
+        self.assertEqual(
+            share_of_limits(default(), limits, 4),
+            LimitsConfig(rate=0.75, burst=1, client_rate=0, client_burst=0),
+        )
+
+    def test_one_worker(self) -> None:
+        """One worker enforces the limits as they are."""
+        limits = LimitsConfig(rate=1000, burst=1000)
+        self.assertIs(share_of_limits(default(), limits, 1), limits)
+
+    def test_not_shared_without_cluster(self) -> None:
+        """Without a cluster store the workers count alone."""
+        self.assertFalse(limits_are_shared(parse({"server": {"workers": 4}}, ".")))
+
+
+class ServerConfigTests(SynchronousTestCase):
+    def test_workers(self) -> None:
+        """[server] workers is a number of at least 1, or "auto"."""
+        self.assertEqual(default().server.workers, 1)
+        self.assertEqual(parse({"server": {"workers": 3}}, ".").server.workers, 3)
+        self.assertGreaterEqual(
+            parse({"server": {"workers": "auto"}}, ".").server.workers, 1
+        )
+        for bad, message in [
+            (0, "server.workers: must be between 1 and 1024, got 0"),
+            ("many", "server.workers: expected an integer or 'auto', got 'many'"),
+            (True, "server.workers: expected an integer, got true"),
+        ]:
+            with self.assertRaises(Exception) as caught:
+                parse({"server": {"workers": bad}}, ".")
+            self.assertEqual(str(caught.exception), message)
+
+    def test_client_id_per_worker(self) -> None:
+        """With several workers in gateway mode each needs its own client id."""
+        with self.assertRaises(Exception) as caught:
+            parse({"server": {"workers": 2}, "mqtt": {"client_id": "gw"}}, ".")
+        self.assertIn("must contain {worker} or {pid}", str(caught.exception))
+        parse({"server": {"workers": 2}, "mqtt": {"client_id": "gw-{pid}"}}, ".")
+        mqtt = parse({"server": {"workers": 2}}, ".").mqtt
+        self.assertEqual(mqtt.gateway_client_id("h", 2), "mqtt-http-gateway-h-2")
+        self.assertEqual(
+            attrs.evolve(mqtt, client_id="g-{worker}-{pid}").gateway_client_id(
+                "h", 3, pid=42
+            ),
+            "g-3-42",
+        )
