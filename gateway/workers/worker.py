@@ -167,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the worker the plan in C{argv[1]} describes, until it stops."""
     from twisted.internet import reactor
 
+    from gateway.startup import StartupError
     from gateway.tap import Options, build
     from gateway.workers.launcher import WorkerPlan
     from gateway.workers.role import WorkerRole
@@ -194,9 +195,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ).setServiceParent(assembly.root)
     root = assembly.root
     root.privilegedStartService()
-    reactor.callWhenRunning(root.startService)
+    failed: list[str] = []
+
+    def start() -> None:
+        try:
+            root.startService()
+        except StartupError as e:
+            # As twistd would stop: one line, exit status 1 (the parent logs it).
+            failed.append(str(e.code))
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
+    if failed:
+        raise SystemExit(failed[0])
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ class Parent:
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         if sockets:
             environ["LISTEN_FDS"] = str(len(sockets))
+            environ["LISTEN_FDNAMES"] = ":".join("http" for _ in sockets)
             for number, sock in enumerate(sockets, 3):
                 child_fds[number] = sock.fileno()
         environ.update(env or {})
@@ -192,7 +193,8 @@ async def post_all(
 ) -> list[tuple[int, str]]:
     """
     POST to every URL with curl (a new connection each, C{parallel} at a
-    time); the status of each (0 when there was no answer) and its URL.
+    time, so that the kernel hands them to any worker); the status of each (0
+    when there was no answer) and its URL.
     """
     out, _, _ = await getProcessOutputAndValue(
         "curl",
@@ -205,12 +207,12 @@ async def post_all(
             str(parallel),
             "-X",
             "POST",
+            "-H",
+            "Connection: close",
             *args,
-            "-o",
-            "/dev/null",
             "-w",
             "%{http_code} %{url_effective}\\n",
-            *urls,
+            *(arg for url in urls for arg in (url, "-o", "/dev/null")),
         ),
         env=os.environ,
     )

@@ -7,19 +7,22 @@ client, an independent paho subscriber, signals sent to the parent's pid.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import socket
+import struct
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import Mosquitto, Subscriber, free_port, poll
-from tests.gateway import curl
-from tests.workers.support import Parent, post_all
+from tests.gateway import curl, password_file
+from tests.workers.support import NotifyListener, Parent, post_all
 
 
 def workers_config(
@@ -187,3 +190,211 @@ class ServingTests(WorkersCase):
         self.assertIn("mqtt_http_gateway_worker_restarts_total 1.0", metrics)
         self.assertIn('mqtt_http_gateway_worker_serving{worker="1"} 1.0', metrics)
         await self.assertStops(parent)
+
+
+def _continue(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
+class SignalTests(WorkersCase):
+    async def test_sighup_reloads_every_worker(self) -> None:
+        """
+        SIGHUP to the parent: both workers read the changed password file, so
+        a user added to it is let in by either worker.
+        """
+        broker = await self.broker()
+        passwords = password_file(alice="a-secret")
+        port = free_port()
+        parent = await self.parent(
+            workers_config(
+                broker.port,
+                f"tcp:{port}:interface=127.0.0.1",
+                auth=f'password_file = "{passwords}"\n',
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+        before = await post_all(
+            self.urls(base, "hup", 1), "-u", "bob:b-secret", "--data", "x"
+        )
+        self.assertEqual(before[0][0], 401)
+        os.replace(password_file(alice="a-secret", bob="b-secret"), passwords)
+        parent.signal("HUP")
+        for number in (1, 2):
+            await parent.wait_for(rf"\[worker {number}\] Reload: [^\n]*passwords")
+        seen = len(broker.log())
+        after = await post_all(
+            self.urls(base, "hup", 40), "-u", "bob:b-secret", "--data", "x"
+        )
+        self.assertEqual([status for status, _ in after], [200] * 40)
+        served = set(re.findall(r"Received PUBLISH from (\S+)", broker.log()[seen:]))
+        self.assertEqual(len(served), 2, served)
+        await self.assertStops(parent)
+
+    async def test_sigterm_under_load(self) -> None:
+        """
+        SIGTERM while requests keep coming: every request answered 200 was
+        delivered, none is answered with an error (the rest find the port
+        closed), every worker drains and exits, then the parent, with 0.
+        """
+        broker = await self.broker()
+        subscriber = await self.subscriber(broker)
+        port = free_port()
+        parent = await self.parent(
+            workers_config(broker.port, f"tcp:{port}:interface=127.0.0.1")
+        )
+        base = f"http://127.0.0.1:{port}"
+        loads = [
+            ensureDeferred(
+                post_all(self.urls(base, f"term{n}", 4000), "--data", "x", parallel=4)
+            )
+            for n in range(3)
+        ]
+        await poll(
+            self.reactor(),
+            lambda: len(subscriber.messages) >= 200,
+            20,
+            lambda: "the load did not start",
+        )
+        parent.signal("TERM")
+        results = [r for load in loads for r in await load]
+        self.assertEqual(await parent.exit_code(), 0, parent.output)
+        answered = [url for status, url in results if status == 200]
+        self.assertEqual(
+            {status for status, _ in results} - {200, 0}, set(), parent.output
+        )
+        self.assertGreater(len(answered), 50)
+        self.assertLess(len(answered), len(results))
+        messages = await subscriber.wait_for(len(answered))
+        received = {m.topic for m in messages}
+        for url in answered:
+            self.assertIn(url.split("/topics/")[1].split("?")[0], received)
+        exited = r"Worker \d \(pid \d+\) exited with status 0"
+        self.assertEqual(len(re.findall(exited, parent.output)), 2, parent.output)
+
+
+class SystemdTests(WorkersCase):
+    async def test_notify_from_the_parent(self) -> None:
+        """
+        Under systemd only the parent notifies: READY=1 once, after both
+        workers serve; WATCHDOG=1 while both answer, none while one is stopped
+        (SIGSTOP), again once it is back; STOPPING=1 at the end.
+        """
+        broker = await self.broker()
+        notify = NotifyListener()
+        self.addCleanup(notify.close)
+        port = free_port()
+        parent = Parent(
+            self,
+            workers_config(broker.port, f"tcp:{port}:interface=127.0.0.1"),
+            env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "600000"},
+        )
+        await poll(
+            self.reactor(),
+            lambda: "READY=1" in notify.assignments(),
+            20,
+            lambda: parent.output,
+        )
+        self.assertIn("All 2 workers serve", parent.output)
+        await sleep(1)
+        lines = notify.assignments()
+        self.assertEqual(lines.count("READY=1"), 1)
+        self.assertGreaterEqual(lines.count("WATCHDOG=1"), 3)
+        stopped = parent.worker_pids()[2]
+        os.kill(stopped, signal.SIGSTOP)
+        self.addCleanup(_continue, stopped)
+        await sleep(6.5)
+        silent = notify.assignments().count("WATCHDOG=1")
+        await sleep(1.5)
+        self.assertEqual(notify.assignments().count("WATCHDOG=1"), silent)
+        os.kill(stopped, signal.SIGCONT)
+        await sleep(1.5)
+        self.assertGreater(notify.assignments().count("WATCHDOG=1"), silent)
+        parent.signal("TERM")
+        self.assertEqual(await parent.exit_code(), 0, parent.output)
+        self.assertIn("STOPPING=1", notify.assignments())
+        self.assertEqual(notify.assignments().count("READY=1"), 1)
+        self.assertEqual(notify.senders, {parent.pid})
+
+    async def test_socket_activation(self) -> None:
+        """A socket systemd passed (LISTEN_FDS) is served by both workers."""
+        broker = await self.broker()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+        with sock:
+            parent = Parent(
+                self,
+                workers_config(broker.port, "systemd:domain=INET:index=0"),
+                sockets=[sock],
+            )
+        await parent.serving()
+        results = await post_all(
+            self.urls(f"http://127.0.0.1:{port}", "activated", 40), "--data", "x"
+        )
+        self.assertEqual([status for status, _ in results], [200] * 40)
+        self.assertEqual(len(publishers(broker)), 2, broker.log())
+        await self.assertStops(parent)
+
+
+def _proxy_v2(source: str, source_port: int, port: int) -> bytes:
+    """A PROXY protocol v2 header for a TCP/IPv4 connection from C{source}."""
+    addresses = (
+        socket.inet_aton(source)
+        + socket.inet_aton("127.0.0.1")
+        + struct.pack("!HH", source_port, port)
+    )
+    return (
+        b"\r\n\r\n\x00\r\nQUIT\n\x21\x11"
+        + struct.pack("!H", len(addresses))
+        + addresses
+    )
+
+
+def _post_through_proxy(port: int, source: str, topic: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            _proxy_v2(source, 40000, port)
+            + f"POST /topics/{topic}?qos=1 HTTP/1.0\r\n".encode()
+            + b"Content-Length: 1\r\n\r\nx"
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        return answer
+
+
+class ProxyProtocolTests(WorkersCase):
+    async def test_haproxy_endpoint(self) -> None:
+        """
+        A haproxy: endpoint in workers mode: both workers serve connections
+        that begin with a PROXY v2 header (and close those without one).
+        """
+        from twisted.internet.threads import deferToThread
+
+        broker = await self.broker()
+        port = free_port()
+        access = os.path.abspath(self.mktemp() + "-access.log")
+        parent = await self.parent(
+            workers_config(
+                broker.port, f"haproxy:tcp:{port}:interface=127.0.0.1", access=access
+            )
+        )
+        sources = [f"203.0.113.{n}" for n in range(1, 31)]
+        answers = [
+            await deferToThread(_post_through_proxy, port, source, f"proxied/{n}")
+            for n, source in enumerate(sources)
+        ]
+        for answer in answers:
+            self.assertRegex(answer.split(b"\r\n")[0], rb"^HTTP/1\.[01] 200 ")
+        bare = await curl(
+            "-X", "POST", "--data", "x", f"http://127.0.0.1:{port}/topics/a"
+        )
+        self.assertEqual(bare.status, 0)
+        await self.assertStops(parent)
+        with open(access) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), len(sources))
+        self.assertEqual(len(publishers(broker)), 2, broker.log())
