@@ -153,10 +153,13 @@ class Parent:
             raise AssertionError(f"twistd ended without {pattern!r}:\n{self.output}")
         return found
 
-    async def serving(self, count: int = 2) -> None:
-        """Return once all C{count} workers serve and have a broker session."""
+    async def serving(self, count: int = 2, sessions: bool = True) -> None:
+        """
+        Return once all C{count} workers serve and (with C{sessions}) have
+        their broker session.
+        """
         await self.wait_for(f"All {count} workers serve")
-        for number in range(1, count + 1):
+        for number in range(1, count + 1 if sessions else 1):
             await self.wait_for(rf"\[worker {number}\] Connected to")
 
     def worker_pids(self) -> dict[int, int]:

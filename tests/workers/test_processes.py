@@ -398,3 +398,114 @@ class ProxyProtocolTests(WorkersCase):
             records = [json.loads(line) for line in f]
         self.assertEqual(len(records), len(sources))
         self.assertEqual(len(publishers(broker)), 2, broker.log())
+
+
+def _serving_pid(gateway_port: int, client: socket.socket) -> int | None:
+    """The pid of the process holding the gateway's end of C{client}."""
+    import subprocess
+
+    client_port = client.getsockname()[1]
+    out = subprocess.run(
+        [
+            "ss",
+            "-tnpH",
+            "state",
+            "established",
+            f"( sport = :{gateway_port} and dport = :{client_port} )",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"pid=(\d+)", out)
+    return int(found.group(1)) if found else None
+
+
+class _KeptAlive:
+    """One HTTP/1.1 keep-alive connection, used from a thread."""
+
+    def __init__(self, port: int) -> None:
+        import http.client
+
+        self.port = port
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        self.connection.connect()
+
+    @property
+    def socket(self) -> socket.socket:
+        sock: socket.socket = self.connection.sock
+        return sock
+
+    def post(self, topic: str, payload: str, client_id: str) -> tuple[int, str]:
+        self.connection.request(
+            "POST",
+            f"/topics/{topic}?qos=1&client_id={client_id}",
+            body=payload.encode(),
+            headers={"Authorization": "Basic ZGV2aWNlOnNlY3JldA=="},
+        )
+        response = self.connection.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Message-Id", "")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class BrokerModeTests(WorkersCase):
+    async def test_one_client_id_on_two_workers(self) -> None:
+        """
+        Broker mode: two keep-alive connections with one client id, served by
+        different workers, take turns. Each request's session is opened as
+        the sender on its own worker, the broker takes the session over from
+        the other worker's, which is opened again on its next request: every
+        request is answered 200 with its own message, which reached the broker.
+        """
+        from twisted.internet.threads import deferToThread
+
+        broker = await self.broker()
+        subscriber = await self.subscriber(broker)
+        port = free_port()
+        parent = Parent(
+            self,
+            workers_config(
+                broker.port,
+                f"tcp:{port}:interface=127.0.0.1",
+                auth='mode = "broker"\n',
+            ),
+        )
+        await parent.serving(sessions=False)
+        pids = set(parent.worker_pids().values())
+        # Connections until one is served by each worker (the kernel chooses).
+        by_worker: dict[int, _KeptAlive] = {}
+        warmups = 0
+        for _ in range(40):
+            warmups += 1
+            connection = await deferToThread(_KeptAlive, port)
+            self.addCleanup(connection.close)
+            await deferToThread(connection.post, "warmup", "w", "warmup")
+            pid = _serving_pid(port, connection.socket)
+            self.assertIn(pid, pids)
+            by_worker.setdefault(pid, connection)  # type: ignore[arg-type]
+            if len(by_worker) == 2:
+                break
+        self.assertEqual(len(by_worker), 2, "one worker took every connection")
+        first, second = by_worker.values()
+        answers = []
+        for turn in range(6):
+            for name, connection in (("first", first), ("second", second)):
+                payload = f"{name}-{turn}"
+                status, message_id = await deferToThread(
+                    connection.post, "shared", payload, "dev"
+                )
+                answers.append((payload, status, message_id))
+        self.assertEqual([status for _, status, _ in answers], [200] * 12, answers)
+        self.assertEqual(len({message_id for _, _, message_id in answers}), 12)
+        messages = await subscriber.wait_for(warmups + 12)
+        shared = [m.payload.decode() for m in messages if m.topic == "shared"]
+        self.assertEqual(shared, [payload for payload, _, _ in answers])
+        self.assertGreaterEqual(
+            broker.log().count("Client dev already connected, closing old connection"),
+            11,
+            broker.log(),
+        )
+        await self.assertStops(parent)
