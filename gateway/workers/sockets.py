@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -75,9 +76,9 @@ class _NotServed(Protocol):
 
 def _family(port: IListeningPort) -> int:
     host = port.getHost()
-    if getattr(host, "type", None) == "TCP6":
+    if isinstance(host, IPv6Address):
         return socket.AF_INET6
-    if getattr(host, "type", None) == "TCP":
+    if isinstance(host, IPv4Address):
         return socket.AF_INET
     return socket.AF_UNIX
 
