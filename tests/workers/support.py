@@ -12,18 +12,14 @@ import re
 import signal
 import socket
 import struct
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.brokers import poll
+from tests.fakes import Daemon
 
 
 class NotifyListener:
@@ -66,23 +62,13 @@ class NotifyListener:
         os.rmdir(os.path.dirname(self.address))
 
 
-_EXEC = """
-import os, sys
-if "LISTEN_FDS" in os.environ:
-    os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.argv[1], sys.argv[1:])
-"""
-
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-class Parent:
+class Parent(Daemon):
     """
-    C{twistd -n mqtt-http-gateway --config ...} in a child process, the
-    parent of its workers when the configuration says so; optionally given
-    listening sockets from file descriptor 3 on as systemd gives them.
+    C{twistd -n mqtt-http-gateway --config ...} in a child process (see
+    L{Daemon}), the parent of its workers when the configuration says so.
 
     @ivar config_path: the configuration file written.
+    @ivar pid: the parent's process id.
     """
 
     def __init__(
@@ -93,54 +79,22 @@ class Parent:
         sockets: Sequence[socket.socket] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
-        self.directory = tempfile.mkdtemp(prefix="gateway-workers-")
-        self.config_path = os.path.join(self.directory, "gateway.toml")
+        directory = tempfile.mkdtemp(prefix="gateway-workers-")
+        self.config_path = os.path.join(directory, "gateway.toml")
         with open(self.config_path, "w") as f:
             f.write(config)
-        self.chunks: list[bytes] = []
-        self.ended: Deferred[Any] = Deferred()
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_"))
-        }
-        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
-        if sockets:
-            environ["LISTEN_FDS"] = str(len(sockets))
-            environ["LISTEN_FDNAMES"] = ":".join("http" for _ in sockets)
-            for number, sock in enumerate(sockets, 3):
-                child_fds[number] = sock.fileno()
-        environ.update(env or {})
-        parent = self
-
-        class Watch(ProcessProtocol):
-            def childDataReceived(self, fd: int, data: bytes) -> None:
-                parent.chunks.append(data)
-
-            def processEnded(self, reason: Failure) -> None:
-                parent.ended.callback(reason.value)
-
-        command = [TWISTD, "--pidfile=", "-n", "mqtt-http-gateway"]
-        command += ["--config", self.config_path]
-        self.process = reactor.spawnProcess(
-            Watch(),
-            sys.executable,
-            [sys.executable, "-c", _EXEC, *command],
-            env=environ,
-            childFDs=child_fds,
+        super().__init__(
+            test,
+            "--config",
+            self.config_path,
+            sockets=[("http", sock) for sock in sockets],
+            env=env,
         )
         self.pid: int = self.process.pid
-        test.addCleanup(self.kill)
+        # Cleanups run last-added first: the workers go before the parent.
+        test.addCleanup(self.kill_workers)
 
-    @property
-    def output(self) -> str:
-        """Everything the parent and its workers wrote so far."""
-        return b"".join(self.chunks).decode(errors="replace")
-
-    async def wait_for(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+    async def match(self, pattern: str, timeout: float = 20) -> re.Match[str]:
         """The first match of the regular expression C{pattern} in the output."""
         await poll(
             self.reactor,
@@ -158,37 +112,23 @@ class Parent:
         Return once all C{count} workers serve and (with C{sessions}) have
         their broker session.
         """
-        await self.wait_for(f"All {count} workers serve")
+        await self.wait_for(f"All {count} workers serve", timeout=20)
         for number in range(1, count + 1 if sessions else 1):
-            await self.wait_for(rf"\[worker {number}\] Connected to")
+            await self.wait_for(f"[worker {number}] Connected to", timeout=20)
 
     def worker_pids(self) -> dict[int, int]:
         """The pid of the latest process of each worker number."""
         pids = {}
-        for number, pid in re.findall(
-            r"Started worker (\d+) \(pid (\d+)\)", self.output
-        ):
+        started = r"Started worker (\d+) \(pid (\d+)\)"
+        for number, pid in re.findall(started, self.output):
             pids[int(number)] = int(pid)
         return pids
 
-    def signal(self, name: str) -> None:
-        """Send the parent C{name} (C{"TERM"}, C{"HUP"} ...)."""
-        self.process.signalProcess(name)
-
-    async def exit_code(self) -> int | None:
-        """Its exit status, once it has ended."""
-        reason = await self.ended
-        code: int | None = getattr(reason, "exitCode", None)
-        return code
-
-    def kill(self) -> Deferred[Any]:
-        """Kill it and its workers if they still run."""
+    def kill_workers(self) -> None:
+        """SIGKILL every worker that may still run."""
         for pid in self.worker_pids().values():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        if not self.ended.called:
-            self.process.signalProcess("KILL")
-        return self.ended
 
 
 async def post_all(

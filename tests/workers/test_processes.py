@@ -53,36 +53,38 @@ def publishers(broker: Mosquitto) -> set[str]:
     return set(re.findall(r"Received PUBLISH from (\S+)", broker.log()))
 
 
-def sleep(seconds: float) -> Deferred[None]:
+def _reactor() -> Any:
     from twisted.internet import reactor
 
-    return deferLater(reactor, seconds, lambda: None)
+    return reactor
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(_reactor(), seconds, lambda: None)
 
 
 class WorkersCase(TestCase):
     timeout = 90
 
-    def reactor(self) -> Any:
-        from twisted.internet import reactor
-
-        return reactor
-
-    async def broker(self, **options: Any) -> Mosquitto:
-        broker = Mosquitto(**options)
+    async def broker(self) -> Mosquitto:
+        """A Mosquitto for this test (it logs every PUBLISH and its sender)."""
+        broker = Mosquitto()
         self.addCleanup(broker.stop)
         await broker.start()
         return broker
 
-    async def subscriber(self, broker: Mosquitto, topic: str = "#") -> Subscriber:
-        subscriber = Subscriber("127.0.0.1", broker.port, topic, qos=1)
-        self.addCleanup(subscriber.stop)
-        await subscriber.start()
-        return subscriber
-
     async def parent(self, config: str, **options: Any) -> Parent:
+        """The gateway's parent, once both workers serve with a broker session."""
         parent = Parent(self, config, **options)
         await parent.serving()
         return parent
+
+    async def subscriber(self, broker: Mosquitto) -> Subscriber:
+        """An independent paho subscriber to every topic, at QoS 1."""
+        subscriber = Subscriber("127.0.0.1", broker.port, "#", qos=1)
+        self.addCleanup(subscriber.stop)
+        await subscriber.start()
+        return subscriber
 
     async def ready(self, admin: int, timeout: float = 15) -> None:
         """Return once the admin listener's /readyz answers 200."""
@@ -98,7 +100,7 @@ class WorkersCase(TestCase):
     async def assertStops(self, parent: Parent) -> None:
         """SIGTERM: every worker exits, then the parent, with status 0."""
         parent.signal("TERM")
-        self.assertEqual(await parent.exit_code(), 0, parent.output)
+        self.assertEqual(await parent.ended, 0, parent.output)
         self.assertEqual(
             len(
                 re.findall(r"Worker \d \(pid \d+\) exited with status 0", parent.output)
@@ -175,12 +177,12 @@ class ServingTests(WorkersCase):
             )
             statuses += [status for status, _ in results]
         self.assertEqual(statuses, [200] * 100)
-        await parent.wait_for(
+        await parent.match(
             rf"Worker 1 \(pid {first}\) was killed by signal 9 after [\d.]+ s; "
             r"starting it again in 0.5 s"
         )
         await poll(
-            self.reactor(),
+            _reactor(),
             lambda: parent.worker_pids()[1] != first,
             10,
             lambda: parent.output,
@@ -221,7 +223,7 @@ class SignalTests(WorkersCase):
         os.replace(password_file(alice="a-secret", bob="b-secret"), passwords)
         parent.signal("HUP")
         for number in (1, 2):
-            await parent.wait_for(rf"\[worker {number}\] Reload: [^\n]*passwords")
+            await parent.match(rf"\[worker {number}\] Reload: [^\n]*passwords")
         seen = len(broker.log())
         after = await post_all(
             self.urls(base, "hup", 40), "-u", "bob:b-secret", "--data", "x"
@@ -251,14 +253,14 @@ class SignalTests(WorkersCase):
             for n in range(3)
         ]
         await poll(
-            self.reactor(),
+            _reactor(),
             lambda: len(subscriber.messages) >= 200,
             20,
             lambda: "the load did not start",
         )
         parent.signal("TERM")
         results = [r for load in loads for r in await load]
-        self.assertEqual(await parent.exit_code(), 0, parent.output)
+        self.assertEqual(await parent.ended, 0, parent.output)
         answered = [url for status, url in results if status == 200]
         self.assertEqual(
             {status for status, _ in results} - {200, 0}, set(), parent.output
@@ -290,7 +292,7 @@ class SystemdTests(WorkersCase):
             env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "600000"},
         )
         await poll(
-            self.reactor(),
+            _reactor(),
             lambda: "READY=1" in notify.assignments(),
             20,
             lambda: parent.output,
@@ -311,7 +313,7 @@ class SystemdTests(WorkersCase):
         await sleep(1.5)
         self.assertGreater(notify.assignments().count("WATCHDOG=1"), silent)
         parent.signal("TERM")
-        self.assertEqual(await parent.exit_code(), 0, parent.output)
+        self.assertEqual(await parent.ended, 0, parent.output)
         self.assertIn("STOPPING=1", notify.assignments())
         self.assertEqual(notify.assignments().count("READY=1"), 1)
         self.assertEqual(notify.senders, {parent.pid})
