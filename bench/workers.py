@@ -91,6 +91,7 @@ class Run:
     delivered: int
     gateway_cpu_percent: float
     wrk_cpu_percent: float
+    broker_cpu_percent: float
     others_cpu_percent: float
     command: list[str]
 
@@ -143,6 +144,7 @@ def _measure(
     ours = [*pids, context.broker.pid, subscriber.pid]
     cpu, wrk_cpu = _cpu_seconds(pids), _children_cpu_seconds()
     busy, others = machine_cpu_seconds(), _cpu_seconds(ours)
+    broker = _cpu_seconds([context.broker.pid])
     start = time.monotonic()
     result = wrk.run(url, duration, 32, 1, load.args)
     wall = time.monotonic() - start
@@ -157,6 +159,7 @@ def _measure(
         subscriber.count() - before,
         100 * (_cpu_seconds(pids) - cpu) / wall,
         100 * wrk_cpu / wall,
+        100 * (_cpu_seconds([context.broker.pid]) - broker) / wall,
         max(0.0, 100 * others / wall),
         wrk.command(url, duration, 32, 1, load.args),
     )
@@ -219,7 +222,8 @@ def _line(r: Run) -> str:
         f"| {r.result.latency_ms[50]:.2f} ms | {r.result.latency_ms[99]:.2f} ms "
         f"| {r.result.non_2xx} | {r.result.total_socket_errors} "
         f"| {r.delivered:,} of {answered:,} answered | {r.gateway_cpu_percent:.0f}% "
-        f"| {r.wrk_cpu_percent:.0f}% | {r.others_cpu_percent:.0f}% |"
+        f"| {r.wrk_cpu_percent:.0f}% | {r.broker_cpu_percent:.0f}% "
+        f"| {r.others_cpu_percent:.0f}% |"
     )
 
 
@@ -239,12 +243,12 @@ def render(runs: Sequence[Run], command: Sequence[str]) -> str:
         "and 2, 1. wrk and Mosquitto run on the same 2 cores as the workers, and "
         "the machine is shared: compare figures of this run only. CPU in percent "
         "of one core during the measured window: the gateway's processes (parent "
-        "and workers), wrk, and everything else on the machine but Mosquitto and "
-        "the subscriber (others' work).",
+        "and workers), wrk, Mosquitto, and everything else on the machine but the "
+        "subscriber (others' work).",
         "",
         "| load | workers | req/s | p50 | p99 | non-2xx | socket errors "
-        "| delivered | gateway CPU | wrk CPU | others' CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| delivered | gateway CPU | wrk CPU | Mosquitto CPU | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[_line(r) for r in runs],
         "",
     ]

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.brokers import poll
 from tests.fakes import Daemon
+from tests.gateway import config_file
 
 
 class NotifyListener:
@@ -79,10 +80,7 @@ class Parent(Daemon):
         sockets: Sequence[socket.socket] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        directory = tempfile.mkdtemp(prefix="gateway-workers-")
-        self.config_path = os.path.join(directory, "gateway.toml")
-        with open(self.config_path, "w") as f:
-            f.write(config)
+        self.config_path = config_file(config)
         super().__init__(
             test,
             "--config",
