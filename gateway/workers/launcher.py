@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -180,7 +180,7 @@ class ProcessLauncher:
         sockets: BoundSockets,
         count: int,
         arguments: Sequence[str],
-        broker_protocol: Any = None,
+        broker_protocol: Callable[[], str] | None = None,
     ) -> None:
         """
         @param broker_protocol: a callable giving the embedded broker's MQTT

@@ -66,7 +66,7 @@ def merge(texts: Iterable[tuple[int, bytes]]) -> list[Metric]:
 class WorkersMetrics:
     """What the parent's C{/metrics} shows (see the module docstring)."""
 
-    def __init__(self, supervisor: Supervisor, clock: Any = None) -> None:
+    def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
 
     def render(self, accept: str | None = None) -> Deferred[tuple[bytes, str]]:

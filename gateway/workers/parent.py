@@ -101,7 +101,7 @@ def parent_service(options: Any, reactor: Any) -> IService:
     _say_limits(config)
     if endpoints.admin is not None:
         admin = HTTPServerFactory(
-            AdminRouter(supervisor, WorkersMetrics(supervisor, reactor)),
+            AdminRouter(supervisor, WorkersMetrics(supervisor)),
             max_body=4096,
             clock=reactor,
         )

@@ -141,7 +141,9 @@ async def _all(deferreds: list[Any]) -> None:
 
 def _listen_now(description: str, endpoint: IStreamServerEndpoint) -> IListeningPort:
     results: list[IListeningPort | Failure] = []
-    endpoint.listen(Factory.forProtocol(_NotServed)).addBoth(results.append)
+    factory = Factory.forProtocol(_NotServed)
+    factory.noisy = False
+    endpoint.listen(factory).addBoth(results.append)
     if not results:
         raise StartupError(f"cannot listen on {description}: it did not bind at once")
     result = results[0]
