@@ -1,12 +1,12 @@
 """
 C{python -m bench.workers}: the gateway with C{[server] workers = 1} against
 C{workers = 2} in one run, under two loads: HTTP keep-alive (wrk, 32
-connections, QoS 1) and HTTPS with a new connection (a TLS handshake, resumed
-when wrk can) per request. Each configuration runs twice, in the orders 1, 2
-and 2, 1, so that a change in what else the machine does weighs on both; the
-ratio is of the sums. A C{mosquitto_sub} at QoS 1 checks that every 2xx was
-delivered. Prints the results and writes them between the markers
-L{bench.report.write_section} puts around them in C{bench/RESULTS.md}.
+connections unless told, QoS 1) and HTTPS with a new connection (a TLS
+handshake, resumed when wrk can) per request. Each configuration runs twice,
+in the orders 1, 2 and 2, 1, so that a change in what else the machine does
+weighs on both; the ratio is of the sums. A C{mosquitto_sub} at QoS 1 checks
+that every 2xx was delivered. Prints the results and writes them between the
+markers L{bench.report.write_section} puts around them in C{bench/RESULTS.md}.
 
 wrk needs CPU too: on a 2-core machine it, Mosquitto and the workers share
 both cores, so two workers cannot double the figure.
@@ -136,7 +136,8 @@ def _measure(
     port = gateway.tls_port if load.tls else gateway.port
     scheme = "https" if load.tls else "http"
     url = f"{scheme}://{HOST}:{port}/topics/{LOAD_TOPIC}?qos=1"
-    wrk.run(url, 1, 32, 1, load.args)  # warm-up
+    connections = context.connections
+    wrk.run(url, 1, connections, 1, load.args)  # warm-up
     _wait_quiet(context.wait_quiet)
     subscriber = context.subscriber
     before = subscriber.count()
@@ -146,7 +147,7 @@ def _measure(
     busy, others = machine_cpu_seconds(), _cpu_seconds(ours)
     broker = _cpu_seconds([context.broker.pid])
     start = time.monotonic()
-    result = wrk.run(url, duration, 32, 1, load.args)
+    result = wrk.run(url, duration, connections, 1, load.args)
     wall = time.monotonic() - start
     wrk_cpu = _children_cpu_seconds() - wrk_cpu
     machine = machine_cpu_seconds() - busy
@@ -161,7 +162,7 @@ def _measure(
         100 * wrk_cpu / wall,
         100 * (_cpu_seconds([context.broker.pid]) - broker) / wall,
         max(0.0, 100 * others / wall),
-        wrk.command(url, duration, 32, 1, load.args),
+        wrk.command(url, duration, connections, 1, load.args),
     )
 
 
@@ -170,9 +171,12 @@ class _Context:
     broker: Server
     subscriber: Subscriber
     wait_quiet: float
+    connections: int
 
 
-def run(duration: float, directory: Path, wait_quiet: float = 0) -> list[Run]:
+def run(
+    duration: float, directory: Path, wait_quiet: float = 0, connections: int = 32
+) -> list[Run]:
     """Every load with 1 and 2 workers, twice, in alternating order."""
     creds = credentials.make(directory)
     broker = start_mosquitto(directory)
@@ -180,7 +184,7 @@ def run(duration: float, directory: Path, wait_quiet: float = 0) -> list[Run]:
     try:
         subscriber = Subscriber(directory, broker.port)
         subscriber.wait_ready()
-        context = _Context(broker, subscriber, wait_quiet)
+        context = _Context(broker, subscriber, wait_quiet, connections)
         try:
             for order in ((1, 2), (2, 1)):
                 for load in LOADS:
@@ -227,7 +231,7 @@ def _line(r: Run) -> str:
     )
 
 
-def render(runs: Sequence[Run], command: Sequence[str]) -> str:
+def render(runs: Sequence[Run], command: Sequence[str], connections: int) -> str:
     """The Markdown section of a run."""
     machine = report.machine()
     lines = [
@@ -238,7 +242,8 @@ def render(runs: Sequence[Run], command: Sequence[str]) -> str:
         f"{machine.mosquitto}, wrk {machine.wrk}; repository at {machine.revision}",
         f"- Command: `{' '.join(command)}`",
         "- The gateway (anonymous, rate limits and access log off) in front of "
-        "Mosquitto, `[server] workers` 1 or 2, wrk -t1 -c32, a distinct 64-byte "
+        f"Mosquitto, `[server] workers` 1 or 2, wrk -t1 -c{connections}, a "
+        "distinct 64-byte "
         "body per request, QoS 1; each configuration twice, in the orders 1, 2 "
         "and 2, 1. wrk and Mosquitto run on the same 2 cores as the workers, and "
         "the machine is shared: compare figures of this run only. CPU in percent "
@@ -279,16 +284,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="before each run, wait up to SECONDS for other processes to leave "
         "the machine quiet (default 0: no waiting)",
     )
+    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as directory:
-        runs = run(args.duration, Path(directory), args.wait_quiet)
+        runs = run(args.duration, Path(directory), args.wait_quiet, args.connections)
     command = [
         "python",
         "-m",
         "bench.workers",
         *(sys.argv[1:] if argv is None else argv),
     ]
-    section = render(runs, command)
+    section = render(runs, command, args.connections)
     print(section)
     report.write_section(args.output, COMMAND, section)
     return 0
