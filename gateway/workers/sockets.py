@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -35,7 +36,13 @@ from zope.interface import implementer
 from gateway.listeners import Endpoint, Endpoints
 from gateway.startup import StartupError
 
-__all__ = ["AdoptedEndpoint", "BoundSockets", "Inherited", "adopted_endpoints"]
+__all__ = [
+    "AdoptedEndpoint",
+    "BoundSockets",
+    "Inherited",
+    "SharedPort",
+    "adopted_endpoints",
+]
 
 #: The worker's file descriptor of the first inherited listening socket.
 FIRST_FD = 4
@@ -152,11 +159,27 @@ def _listen_now(description: str, endpoint: IStreamServerEndpoint) -> IListening
     return result
 
 
+class SharedPort(tcp.Port):
+    """
+    A TCP port whose socket the other workers accept on too. It takes one
+    connection per wake-up, so that a burst of connections (a client opening
+    its pool) is shared out among the workers the kernel wakes, instead of
+    being taken whole by the first one: Twisted's port accepts up to 100 at
+    once.
+    """
+
+    def doRead(self) -> None:
+        """Accept one waiting connection."""
+        self.numberAccepts = 1
+        super().doRead()
+
+
 @implementer(IStreamServerEndpoint)
 class AdoptedEndpoint:
     """
     A server endpoint whose C{listen} adopts a listening socket this process
-    inherited (and closes the inherited descriptor: the port holds a copy).
+    inherited (and closes the inherited descriptor: the port holds a copy);
+    a TCP one as a L{SharedPort}.
     """
 
     def __init__(self, reactor: Any, inherited: Inherited) -> None:
@@ -168,10 +191,16 @@ class AdoptedEndpoint:
         factory: IProtocolFactory = protocolFactory
         if self.inherited.proxied:
             factory = HAProxyWrappingFactory(protocolFactory)
-        port = self._reactor.adoptStreamPort(
-            self.inherited.fd, self.inherited.family, factory
-        )
-        os.close(self.inherited.fd)
+        fd, family = self.inherited.fd, self.inherited.family
+        if family in (socket.AF_INET, socket.AF_INET6):
+            # As reactor.adoptStreamPort does, with the port class of our own.
+            port = SharedPort._fromListeningDescriptor(
+                self._reactor, fd, family, factory
+            )
+            port.startListening()
+        else:
+            port = self._reactor.adoptStreamPort(fd, family, factory)
+        os.close(fd)
         return succeed(port)
 
 

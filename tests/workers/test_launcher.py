@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -20,7 +20,12 @@ from gateway.startup import StartupError
 from gateway.tap import Options
 from gateway.workers.launcher import WorkerPlan, worker_environment
 from gateway.workers.parent import command_line
-from gateway.workers.sockets import BoundSockets, Inherited, adopted_endpoints
+from gateway.workers.sockets import (
+    BoundSockets,
+    Inherited,
+    SharedPort,
+    adopted_endpoints,
+)
 
 
 class PlanTests(SynchronousTestCase):
@@ -123,14 +128,24 @@ class BoundSocketsTests(TestCase):
         )
 
 
-class AdoptionTests(SynchronousTestCase):
+class AdoptionTests(TestCase):
+    def listening(self) -> int:
+        """The descriptor of a new listening TCP socket (a copy, as inherited)."""
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        self.addCleanup(sock.close)
+        return os.dup(sock.fileno())
+
     def test_adopt(self) -> None:
         """
-        A worker adopts each inherited socket; a PROXY one gets Twisted's
-        HAProxy wrapper around the factory it serves.
+        A worker adopts each inherited socket as a port that takes one
+        connection per wake-up; a PROXY one gets Twisted's HAProxy wrapper
+        around the factory it serves. The inherited descriptors are closed.
         """
-        reactor = MemoryReactor()
-        plain, proxied = os.dup(0), os.dup(0)
+        from twisted.internet import reactor
+
+        plain, proxied = self.listening(), self.listening()
         endpoints = adopted_endpoints(
             reactor,
             [
@@ -143,13 +158,47 @@ class AdoptionTests(SynchronousTestCase):
         [(_, tls)] = endpoints.tls
         self.assertEqual(description, "tcp:80")
         self.assertIsNone(endpoints.admin)
-        http.listen(factory)
-        tls.listen(factory)
-        [(fd, family, served), (fd2, _, wrapped)] = reactor.adoptedPorts
-        self.assertEqual((fd, family, served), (plain, socket.AF_INET, factory))
-        self.assertEqual(fd2, proxied)
-        self.assertIsInstance(wrapped, HAProxyWrappingFactory)
-        self.assertIs(wrapped.wrappedFactory, factory)
-        for closed in (plain, proxied):
+        ports: list[Any] = []
+        for endpoint, inherited in ((http, plain), (tls, proxied)):
+            port = self.successResultOf(endpoint.listen(factory))
+            self.addCleanup(port.stopListening)
+            self.assertIsInstance(port, SharedPort)
             with self.assertRaises(OSError):
-                os.fstat(closed)
+                os.fstat(inherited)
+            ports.append(port)
+        self.assertIs(ports[0].factory, factory)
+        self.assertIsInstance(ports[1].factory, HAProxyWrappingFactory)
+        self.assertIs(ports[1].factory.wrappedFactory, factory)
+
+    def test_one_accept_per_wake(self) -> None:
+        """With three connections waiting, one wake-up accepts one."""
+        from twisted.internet import reactor
+
+        fd = self.listening()
+        factory = _Counting()
+        [(_, endpoint)] = adopted_endpoints(
+            reactor, [Inherited("http", "tcp:80", fd, socket.AF_INET)]
+        ).http
+        port: Any = self.successResultOf(endpoint.listen(factory))
+        self.addCleanup(port.stopListening)
+        port.stopReading()
+        address = port.getHost()
+        clients = [
+            socket.create_connection((address.host, address.port)) for _ in range(3)
+        ]
+        for client in clients:
+            self.addCleanup(client.close)
+        for expected in (1, 2, 3):
+            port.doRead()
+            self.assertEqual(factory.built, expected)
+
+
+class _Counting(Factory):
+    """Counts the connections it serves."""
+
+    protocol = Protocol
+    built = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.built += 1
+        return Protocol()
