@@ -266,6 +266,13 @@ def render(runs: Sequence[Run], command: Sequence[str], connections: int) -> str
         )
         if one:
             lines.append(f"- {load.name}: 2 workers = **{two / one:.2f}x** 1 worker")
+    lines.append(
+        "- HTTPS with a new connection per request is bound by wrk here (about "
+        "a core for the TLS handshakes it makes), and TLS session resumption "
+        "(tickets, session cache) is per worker process: a reconnect that the "
+        "kernel hands to the other worker pays a full handshake, so with two "
+        "workers each connection costs the gateway more CPU."
+    )
     lines += ["", "wrk commands:", ""]
     lines += sorted({f"- `{' '.join(r.command)}`" for r in runs})
     return "\n".join(lines) + "\n"
