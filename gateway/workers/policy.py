@@ -113,8 +113,7 @@ def limits_are_shared(config: Config) -> bool:
     cluster's Redis), so that each worker enforces the whole limit against the
     shared count. Without that each worker counts alone and gets a share.
     """
-    cluster = getattr(config, "cluster", None)
-    return bool(getattr(cluster, "redis", ""))
+    return config.cluster.redis is not None
 
 
 def share_of_limits(config: Config, limits: LimitsConfig, workers: int) -> LimitsConfig:

@@ -7,9 +7,10 @@ the kernel hands each new connection to one of the workers that accept.
 The parent binds through the same endpoint strings a single process listens
 on (C{tcp:}, C{systemd:}, C{unix:}, C{haproxy:tcp:} ...) and then stops
 reading from the port, so that it never accepts a connection itself. For a
-C{haproxy:} endpoint the socket is the inner one; the worker wraps its factory
-in Twisted's L{HAProxyWrappingFactory} (outside TLS: the PROXY header comes
-before the handshake).
+C{haproxy:} endpoint the socket is the inner one; the worker serves its
+factory behind the PROXY protocol as a single process does
+(L{gateway.proxied.listening_factory}; outside TLS: the header comes before
+the handshake).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.listeners import Endpoint, Endpoints
+from gateway.proxied import listening_factory
 from gateway.startup import StartupError
 
 __all__ = [
@@ -57,14 +58,12 @@ class Inherited:
     @ivar description: its endpoint string, for the logs.
     @ivar fd: its file descriptor in the worker.
     @ivar family: its address family (C{AF_INET}, C{AF_INET6}, C{AF_UNIX}).
-    @ivar proxied: whether connections begin with a PROXY protocol header.
     """
 
     kind: str
     description: str
     fd: int
     family: int
-    proxied: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-able form (see L{from_json})."""
@@ -120,7 +119,6 @@ class BoundSockets(Service):
                     description,
                     FIRST_FD + len(self.inherited),
                     _family(port),
-                    description.startswith("haproxy:"),
                 )
             )
 
@@ -182,15 +180,25 @@ class AdoptedEndpoint:
     a TCP one as a L{SharedPort}.
     """
 
-    def __init__(self, reactor: Any, inherited: Inherited) -> None:
+    def __init__(
+        self, reactor: Any, inherited: Inherited, header_timeout: float
+    ) -> None:
+        """
+        @param header_timeout: seconds a connection to a C{haproxy:} endpoint
+            may take to send its PROXY header.
+        """
         self._reactor = reactor
         self.inherited = inherited
+        self.header_timeout = header_timeout
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Serve C{protocolFactory} on the inherited socket."""
-        factory: IProtocolFactory = protocolFactory
-        if self.inherited.proxied:
-            factory = HAProxyWrappingFactory(protocolFactory)
+        factory = listening_factory(
+            self.inherited.description,
+            protocolFactory,
+            self._reactor,
+            self.header_timeout,
+        )
         fd, family = self.inherited.fd, self.inherited.family
         if family in (socket.AF_INET, socket.AF_INET6):
             # As reactor.adoptStreamPort does, with the port class of our own.
@@ -204,12 +212,17 @@ class AdoptedEndpoint:
         return succeed(port)
 
 
-def adopted_endpoints(reactor: Any, inherited: list[Inherited]) -> Endpoints:
-    """The listeners of a worker: each inherited socket as an endpoint."""
+def adopted_endpoints(
+    reactor: Any, inherited: list[Inherited], header_timeout: float
+) -> Endpoints:
+    """
+    The listeners of a worker: each inherited socket as an endpoint (see
+    L{AdoptedEndpoint} for C{header_timeout}).
+    """
 
     def of(kind: str) -> tuple[Endpoint, ...]:
         return tuple(
-            (i.description, AdoptedEndpoint(reactor, i))
+            (i.description, AdoptedEndpoint(reactor, i, header_timeout))
             for i in inherited
             if i.kind == kind
         )

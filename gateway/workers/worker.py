@@ -181,7 +181,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     role = WorkerRole(
         number=plan.number,
         count=plan.count,
-        endpoints=adopted_endpoints(reactor, list(plan.listeners)),
+        endpoints=adopted_endpoints(
+            reactor,
+            list(plan.listeners),
+            # As the listeners of one process: a header may take as long as an
+            # idle connection lives.
+            options.config.http.idle_timeout,
+        ),
         broker_protocol=plan.broker_protocol,
     )
     assembly = build(options, reactor, role)

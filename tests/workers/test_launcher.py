@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config import parse
@@ -37,7 +37,7 @@ class PlanTests(SynchronousTestCase):
             arguments=("--config", "/etc/gateway.toml"),
             listeners=(
                 Inherited("http", "tcp:80", 4, socket.AF_INET),
-                Inherited("tls", "haproxy:tcp:443", 5, socket.AF_INET6, True),
+                Inherited("tls", "haproxy:tcp:443", 5, socket.AF_INET6),
             ),
             broker_protocol="5",
         )
@@ -99,11 +99,8 @@ class BoundSocketsTests(TestCase):
         sockets.privilegedStartService()
         self.addCleanup(sockets.stopService)
         self.assertEqual(
-            [(i.kind, i.fd, i.family, i.proxied) for i in sockets.inherited],
-            [
-                ("http", 4, socket.AF_INET, False),
-                ("http", 5, socket.AF_INET6, True),
-            ],
+            [(i.kind, i.fd, i.family) for i in sockets.inherited],
+            [("http", 4, socket.AF_INET), ("http", 5, socket.AF_INET6)],
         )
         fds = sockets.child_fds()
         self.assertEqual(sorted(fds), [4, 5])
@@ -140,8 +137,8 @@ class AdoptionTests(TestCase):
     def test_adopt(self) -> None:
         """
         A worker adopts each inherited socket as a port that takes one
-        connection per wake-up; a PROXY one gets Twisted's HAProxy wrapper
-        around the factory it serves. The inherited descriptors are closed.
+        connection per wake-up; a C{haproxy:} one serves the factory behind
+        the PROXY protocol. The inherited descriptors are closed.
         """
         from twisted.internet import reactor
 
@@ -150,8 +147,9 @@ class AdoptionTests(TestCase):
             reactor,
             [
                 Inherited("http", "tcp:80", plain, socket.AF_INET),
-                Inherited("tls", "haproxy:tcp:443", proxied, socket.AF_INET, True),
+                Inherited("tls", "haproxy:tcp:443", proxied, socket.AF_INET),
             ],
+            header_timeout=5,
         )
         factory = Factory.forProtocol(Protocol)
         [(description, http)] = endpoints.http
@@ -167,7 +165,7 @@ class AdoptionTests(TestCase):
                 os.fstat(inherited)
             ports.append(port)
         self.assertIs(ports[0].factory, factory)
-        self.assertIsInstance(ports[1].factory, HAProxyWrappingFactory)
+        self.assertIsInstance(ports[1].factory, WrappingFactory)
         self.assertIs(ports[1].factory.wrappedFactory, factory)
 
     def test_one_accept_per_wake(self) -> None:
@@ -177,7 +175,7 @@ class AdoptionTests(TestCase):
         fd = self.listening()
         factory = _Counting()
         [(_, endpoint)] = adopted_endpoints(
-            reactor, [Inherited("http", "tcp:80", fd, socket.AF_INET)]
+            reactor, [Inherited("http", "tcp:80", fd, socket.AF_INET)], 5
         ).http
         port: Any = self.successResultOf(endpoint.listen(factory))
         self.addCleanup(port.stopListening)

@@ -94,6 +94,18 @@ class LimitsShareTests(SynchronousTestCase):
         """Without a cluster store the workers count alone."""
         self.assertFalse(limits_are_shared(parse({"server": {"workers": 4}}, ".")))
 
+    def test_shared_through_redis(self) -> None:
+        """With [cluster] redis every worker enforces the whole, shared limit."""
+        config = parse(
+            {
+                "server": {"workers": 4},
+                "cluster": {"redis": "redis://127.0.0.1:6379/0"},
+            },
+            ".",
+        )
+        self.assertTrue(limits_are_shared(config))
+        self.assertIs(share_of_limits(config, config.limits, 4), config.limits)
+
 
 class ServerConfigTests(SynchronousTestCase):
     def test_workers(self) -> None:

@@ -438,7 +438,8 @@ class ProxyProtocolTests(WorkersCase):
     async def test_haproxy_endpoint(self) -> None:
         """
         A haproxy: endpoint in workers mode: both workers serve connections
-        that begin with a PROXY v2 header (and close those without one).
+        that begin with a PROXY v2 header (and close those without one), and
+        the access log names the client address each header carried.
         """
         from twisted.internet.threads import deferToThread
 
@@ -451,8 +452,11 @@ class ProxyProtocolTests(WorkersCase):
             )
         )
 
+        sources: list[str] = []
+
         async def send(round: int) -> list[int]:
             source = f"203.0.113.{round + 1}"
+            sources.append(source)
             answer = await deferToThread(
                 _post_through_proxy, port, source, f"proxied/{round}"
             )
@@ -468,7 +472,9 @@ class ProxyProtocolTests(WorkersCase):
         await self.assertStops(parent)
         with open(access) as f:
             records = [json.loads(line) for line in f]
-        self.assertEqual(len(records), len(statuses))
+        self.assertEqual(
+            sorted(r["peer"].rsplit(":", 1)[0] for r in records), sorted(sources)
+        )
 
 
 def _serving_pid(gateway_port: int, client: socket.socket) -> int | None:
