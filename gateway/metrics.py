@@ -10,8 +10,9 @@ learns about traffic from what it is handed:
   - L{GatewayMetrics.observe_response}: the L{AccessRecord} of every HTTP
     response (what the HTTP server gives its C{access_log}; pass both with
     L{compose}), which names the API that answered;
-  - L{MeasuredPublisher}: an L{IPublisher} decorator timing each publish from
-    the hand-over to the broker's acknowledgement (or the failure);
+  - L{gateway.measured.MeasuredPublisher}: an L{IPublisher} decorator timing
+    each publish from the hand-over to the broker's acknowledgement (or the
+    failure), reported to L{GatewayMetrics.observe_publish};
 
 and reads the state of what it watches when it is scraped: the publisher's
 L{PublisherStatus} (L{GatewayMetrics.watch_publisher}; reconnections are heard
@@ -25,36 +26,30 @@ families only when scraped: the request path pays a dict update, not a lock.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gateway import __version__
 from gateway.clock import default_clock
+from gateway.histogram import Histogram, histogram_family
 from gateway.interfaces import IPublisher
-from gateway.model import Identity, Message, PublishResult
-from gateway.status import PublisherStatus, StatusObserver
+from gateway.status import PublisherStatus
 from gateway.web.messages import API, AccessRecord
 
 __all__ = [
     "PREFIX",
     "GatewayMetrics",
-    "MeasuredPublisher",
     "api_label",
     "compose",
 ]
@@ -113,36 +108,6 @@ def api_label(api: API) -> str:
     return _API_LABELS.get(api, "other")
 
 
-class _Histogram:
-    """
-    Cumulative-bucket histogram counts, for one label set.
-    """
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bucket (le).
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        cumulative = 0
-        result = []
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            cumulative += count
-            result.append((_le(bound), float(cumulative)))
-        return result
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(float(bound))
-
-
 class OpenConnections(Protocol):
     """What L{GatewayMetrics.watch_connections} reads: an HTTP server factory."""
 
@@ -190,8 +155,8 @@ class GatewayMetrics(Service):
         self.registry = CollectorRegistry(auto_describe=False)
         self._requests: dict[tuple[str, str, str], int] = {}
         self._refusals: dict[tuple[str, str], int] = {}
-        self._durations: dict[str, _Histogram] = {}
-        self._publishes: dict[str, _Histogram] = {}
+        self._durations: dict[str, Histogram] = {}
+        self._publishes: dict[str, Histogram] = {}
         self._publisher: IPublisher | None = None
         self._factories: list[OpenConnections] = []
         self._tls: list[RefusedCertificates] = []
@@ -220,7 +185,7 @@ class GatewayMetrics(Service):
             self._refusals[refusal] = self._refusals.get(refusal, 0) + 1
         histogram = self._durations.get(api)
         if histogram is None:
-            histogram = self._durations[api] = _Histogram(LATENCY_BUCKETS)
+            histogram = self._durations[api] = Histogram(LATENCY_BUCKETS)
         histogram.observe(record.duration_ms / 1000.0)
 
     def observe_publish(self, seconds: float, ok: bool) -> None:
@@ -231,7 +196,7 @@ class GatewayMetrics(Service):
         outcome = "ok" if ok else "error"
         histogram = self._publishes.get(outcome)
         if histogram is None:
-            histogram = self._publishes[outcome] = _Histogram(LATENCY_BUCKETS)
+            histogram = self._publishes[outcome] = Histogram(LATENCY_BUCKETS)
         histogram.observe(seconds)
 
     # -- what is watched
@@ -327,13 +292,13 @@ class GatewayMetrics(Service):
                 if refused == status:
                     family.add_metric((api,), count)
             yield family
-        yield _histograms(
+        yield histogram_family(
             PREFIX + "http_request_duration_seconds",
             "Time from a request's first byte to its response being written, by API.",
             "api",
             self._durations,
         )
-        yield _histograms(
+        yield histogram_family(
             PREFIX + "publish_duration_seconds",
             "Time from handing a message to the broker session to the broker's "
             "acknowledgement (outcome ok) or the failure (outcome error).",
@@ -437,15 +402,6 @@ _REFUSAL_FAMILIES = (
 _REFUSALS = frozenset(status for status, _, _ in _REFUSAL_FAMILIES)
 
 
-def _histograms(
-    name: str, help: str, label: str, histograms: Mapping[str, _Histogram]
-) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, help, labels=(label,))
-    for value, histogram in sorted(histograms.items()):
-        family.add_metric((value,), histogram.buckets(), histogram.total)
-    return family
-
-
 class _Collector:
     """Hands the registry L{GatewayMetrics.collect} (a registry needs an
     object with C{collect}; a Service has other attributes it may probe)."""
@@ -455,54 +411,3 @@ class _Collector:
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics.collect()
-
-
-@implementer(IPublisher)
-class MeasuredPublisher:
-    """
-    An L{IPublisher} that publishes through another and reports how long each
-    publish took to L{GatewayMetrics.observe_publish}.
-
-    @ivar wrapped: the publisher doing the work.
-    """
-
-    def __init__(
-        self, publisher: IPublisher, metrics: GatewayMetrics, clock: IReactorTime
-    ) -> None:
-        """
-        @param publisher: the publisher doing the work.
-        @param metrics: where the durations go.
-        @param clock: the time source.
-        """
-        self.wrapped = publisher
-        self._metrics = metrics
-        self._clock = clock
-
-    @property
-    def connected(self) -> bool:
-        """The wrapped publisher's C{connected}."""
-        return bool(self.wrapped.connected)
-
-    def status(self) -> PublisherStatus:
-        """The wrapped publisher's status."""
-        return self.wrapped.status()  # type: ignore[no-any-return]
-
-    def observe(self, observer: StatusObserver) -> Callable[[], None]:
-        """Observe the wrapped publisher."""
-        return self.wrapped.observe(observer)  # type: ignore[no-any-return]
-
-    def publish(self, message: Message, identity: Identity) -> Deferred[PublishResult]:
-        """
-        Publish with the wrapped publisher; the result (or failure) passes
-        through unchanged once its duration is counted.
-        """
-        start = self._clock.seconds()
-        d = self.wrapped.publish(message, identity)
-        d.addBoth(self._measured, start)
-        return d
-
-    def _measured(self, result: Any, start: float) -> Any:
-        self._metrics.observe_publish(
-            self._clock.seconds() - start, not isinstance(result, Failure)
-        )
-        return result

@@ -35,7 +35,8 @@ from gateway.core import Gateway
 from gateway.interfaces import IPublisher
 from gateway.limits import RateLimiter
 from gateway.listeners import Listener, connection_cap, parse_endpoints
-from gateway.metrics import GatewayMetrics, MeasuredPublisher, compose
+from gateway.measured import MeasuredPublisher
+from gateway.metrics import GatewayMetrics, compose
 from gateway.publishing import (
     BrokerTarget,
     add_embedded_broker,

@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
-from gateway.metrics import GatewayMetrics, MeasuredPublisher, api_label, compose
+from gateway.measured import MeasuredPublisher
+from gateway.metrics import GatewayMetrics, api_label, compose
 from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.publisher import SharedPublisher
