@@ -46,9 +46,10 @@ Every scenario POSTs a distinct 64-byte body per request to
 `/topics/bench/load?qos=1` from 32 connections (one request in flight on each),
 one server at a time, each for the same duration after a short warm-up. The
 servers: the gateway (twistd, its own broker session to a local Mosquitto 2.0,
-access log and rate limiting off, so a `200` means Mosquitto's PUBACK arrived) in
-several set-ups, and two baselines, a bare twisted.web resource answering `200` to
-every POST. The client is wrk, or, where wrk cannot do it (client certificates,
+the access log on, to a file, and the rate limiter on with a rate it never
+reaches; a `200` means Mosquitto's PUBACK arrived) in several set-ups, and the
+baselines: a bare llhttp protocol on Twisted and a bare twisted.web resource,
+each answering `200` to every POST. The client is wrk, or, where wrk cannot do it (client certificates,
 TLS handshakes with and without resumption), the benchmark's own python client
 (`bench/loadgen.py`: several processes, one thread and one blocking socket per
 connection), whose CPU is measured so that one can see whether it was the
