@@ -82,6 +82,7 @@ class HTTPServerProtocol(Protocol):
         self.connection_id = os.urandom(8).hex()
         self.connection = Connection(self.connection_id)
         self.peer = self.connection.peer
+        self._peer_text = ""  # the peer as the access log writes it, made once
         self._max_pipeline = factory.max_pipeline
         self._request_timeout = factory.request_timeout
         self._assembler = RequestAssembler(
@@ -132,6 +133,7 @@ class HTTPServerProtocol(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         self.peer = self.connection.peer = peer_of(transport.getPeer())
+        self._peer_text = str(self.peer)
         self._tls = ISSLTransport.providedBy(transport)
         self._now = self._last_activity = self._clock.seconds()
         factory = self._factory
@@ -416,7 +418,7 @@ class HTTPServerProtocol(Protocol):
             log = response.log
             record = AccessRecord(
                 self._factory.iso_time(now),
-                str(request.connection.peer),
+                self._peer_text,
                 request.method,
                 request.path.decode("latin-1"),
                 request.http_version,
