@@ -100,7 +100,7 @@ def compose(
 
 #: The C{api} label of each API's requests: API 1 and API 2 have their own,
 #: every other request (the EMQX-compatible API included) counts as C{"other"}.
-_API_LABELS = {API.TOPICS: "topics", API.ALIYUN: "aliyun"}
+_API_LABELS = {API.TOPICS: "topics", API.ALIYUN: "aliyun", API.EMQX: "emqx"}
 
 
 def api_label(api: API) -> str:

@@ -91,7 +91,8 @@ class ComposeTests(SynchronousTestCase):
         set."""
         self.assertEqual(api_label(API.TOPICS), "topics")
         self.assertEqual(api_label(API.ALIYUN), "aliyun")
-        for api in (API.EMQX, API.ADMIN, API.NONE):
+        self.assertEqual(api_label(API.EMQX), "emqx")
+        for api in (API.ADMIN, API.NONE):
             self.assertEqual(api_label(api), "other")
 
 
