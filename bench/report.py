@@ -49,7 +49,8 @@ servers: the gateway (twistd, its own broker session to a local Mosquitto 2.0,
 the access log on, to a file, and the rate limiter on with a rate it never
 reaches; a `200` means Mosquitto's PUBACK arrived) in several set-ups, and the
 baselines: a bare llhttp protocol on Twisted and a bare twisted.web resource,
-each answering `200` to every POST. The client is wrk, or, where wrk cannot do it (client certificates,
+each answering `200` to every POST. The client is wrk, or, where wrk cannot do it
+(client certificates,
 TLS handshakes with and without resumption), the benchmark's own python client
 (`bench/loadgen.py`: several processes, one thread and one blocking socket per
 connection), whose CPU is measured so that one can see whether it was the

@@ -231,7 +231,6 @@ def build(options: Options, reactor: Any, role: WorkerRole | None = None) -> Ass
     )
     # Stopped after the drain: requests in flight may still need it.
     shared = shared_state(config.cluster, root, reactor)
-    make_limiter = RateLimiter if shared is None else shared.limiter
     metrics = None
     if config.admin.listen:
         metrics = GatewayMetrics(reactor)
@@ -241,8 +240,16 @@ def build(options: Options, reactor: Any, role: WorkerRole | None = None) -> Ass
         metrics.setServiceParent(root)
         publisher = MeasuredPublisher(publisher, metrics, reactor)
 
-    def limits_of(limits: LimitsConfig) -> LimitsConfig:
-        return limits if role is None else role.limits(config, limits)
+    def make_limiter(limits: LimitsConfig) -> RateLimiter:
+        if role is None:
+            own = alone = limits
+        else:
+            own, alone = role.limits(config, limits), role.limits_alone(limits)
+        if shared is None:
+            return RateLimiter(own)
+        # While Redis is unreachable each worker counts alone: its share keeps
+        # the host within the limits.
+        return shared.limiter(own, alone)
 
     authenticator = Authenticator(
         options.passwords,
@@ -255,7 +262,7 @@ def build(options: Options, reactor: Any, role: WorkerRole | None = None) -> Ass
         authenticator,
         reactor,
         options.acl,
-        limiter=make_limiter(limits_of(config.limits)),
+        limiter=make_limiter(config.limits),
     )
     access_log = None
     if config.log.access:
@@ -318,9 +325,7 @@ def build(options: Options, reactor: Any, role: WorkerRole | None = None) -> Ass
             authenticator=authenticator,
             core=core,
             tls=tls,
-            apply_limits=lambda limits: setattr(
-                core, "limiter", make_limiter(limits_of(limits))
-            ),
+            apply_limits=lambda limits: setattr(core, "limiter", make_limiter(limits)),
             access_log=access_log,
         ),
     )

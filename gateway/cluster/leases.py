@@ -28,7 +28,11 @@ again only when the script says half a lease will be there.
 L{Lease} is the pure policy (tested with a fake clock); L{LeasedBucket} runs it
 against a L{SharedStore}; L{SharedBucket} and L{SharedBuckets} are what
 L{gateway.limits.RateLimiter} uses, falling back to local buckets while Redis is
-down (C{on_redis_error = "open"}) or refusing with 503 (C{"closed"}).
+down (C{on_redis_error = "open"}) or refusing with 503 (C{"closed"}). The local
+buckets enforce the process's own share of the limits (a worker's 1/N, see
+L{gateway.workers.policy.divided_limits}), so that one host keeps the limits
+during an outage; each host counting alone, a fleet of H hosts may admit up to
+H times them until Redis answers again.
 """
 
 from __future__ import annotations
@@ -175,15 +179,20 @@ class LeasedBucket:
 class SharedBucket:
     """
     The whole fleet's bucket, with the interface of L{TokenBucket} that
-    L{RateLimiter} uses; a local bucket of the same rate while Redis is down.
+    L{RateLimiter} uses; the bucket C{local} decides while Redis is down.
     """
 
     def __init__(
-        self, store: SharedStore, rate: float, burst: float, clock: IReactorTime
+        self,
+        store: SharedStore,
+        rate: float,
+        burst: float,
+        clock: IReactorTime,
+        local: TokenBucket,
     ) -> None:
         self.health = store.health
         self.shared = LeasedBucket(store, KEY_PREFIX + "rate", rate, burst, clock)
-        self.local = TokenBucket(rate, burst, now=0.0)
+        self.local = local
 
     def wait(self, now: float) -> float:
         """
@@ -206,7 +215,7 @@ class SharedBuckets:
     One shared bucket per client id, with the interface of L{KeyedBuckets}
     that L{RateLimiter} uses. At most C{max_keys} leases are kept, the least
     recently used dropped first (forgetting a lease loses its tokens, or at
-    most one lease of debt); local buckets while Redis is down.
+    most one lease of debt); the buckets of C{local} decide while Redis is down.
     """
 
     def __init__(
@@ -215,6 +224,8 @@ class SharedBuckets:
         rate: float,
         burst: float,
         clock: IReactorTime,
+        *,
+        local: KeyedBuckets,
         max_keys: int = 100_000,
     ) -> None:
         self.store = store
@@ -222,7 +233,7 @@ class SharedBuckets:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self.local = KeyedBuckets(rate, burst, max_keys)
+        self.local = local
         self._clock = clock
         self._leases: OrderedDict[str, LeasedBucket] = OrderedDict()
 
@@ -265,15 +276,29 @@ def shared_rate_limiter(
     store: SharedStore,
     clock: IReactorTime,
     *,
+    alone: LimitsConfig | None = None,
     max_clients: int = 100_000,
 ) -> RateLimiter:
-    """A L{RateLimiter} of C{limits} whose buckets are shared through C{store}."""
+    """
+    A L{RateLimiter} of C{limits} whose buckets are shared through C{store}.
+
+    @param alone: the limits enforced locally while Redis is down with
+        C{"open"} (this process's share of C{limits}); C{limits} when C{None}.
+    """
+    if alone is None:
+        alone = limits
     total = None
     if limits.rate > 0:
-        total = SharedBucket(store, limits.rate, limits.burst, clock)
+        local = TokenBucket(alone.rate, alone.burst, now=0.0)
+        total = SharedBucket(store, limits.rate, limits.burst, clock, local)
     clients = None
     if limits.client_rate > 0:
         clients = SharedBuckets(
-            store, limits.client_rate, limits.client_burst, clock, max_clients
+            store,
+            limits.client_rate,
+            limits.client_burst,
+            clock,
+            local=KeyedBuckets(alone.client_rate, alone.client_burst, max_clients),
+            max_keys=max_clients,
         )
     return RateLimiter(limits, max_clients=max_clients, total=total, clients=clients)

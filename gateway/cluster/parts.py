@@ -31,9 +31,14 @@ class Shared:
     nonces: SharedNonces
     reactor: Any
 
-    def limiter(self, limits: LimitsConfig) -> RateLimiter:
-        """A rate limiter of C{limits} for the fleet."""
-        return shared_rate_limiter(limits, self.store, self.reactor)
+    def limiter(
+        self, limits: LimitsConfig, alone: LimitsConfig | None = None
+    ) -> RateLimiter:
+        """
+        A rate limiter of C{limits} for the fleet, enforcing C{alone} (default:
+        C{limits}) locally while Redis is unreachable with C{"open"}.
+        """
+        return shared_rate_limiter(limits, self.store, self.reactor, alone=alone)
 
 
 def shared_state(

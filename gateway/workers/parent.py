@@ -28,7 +28,7 @@ from gateway.web.admin import AdminRouter
 from gateway.web.server import HTTPServerFactory
 from gateway.workers.launcher import ProcessLauncher
 from gateway.workers.metrics import WorkersMetrics
-from gateway.workers.policy import limits_are_shared, share_of_limits
+from gateway.workers.policy import divided_limits, limits_are_shared
 from gateway.workers.sockets import BoundSockets
 from gateway.workers.supervisor import Supervisor
 
@@ -50,16 +50,22 @@ def command_line(options: Any) -> list[str]:
 
 def _say_limits(config: Config) -> None:
     count = config.server.workers
-    if limits_are_shared(config):
+    if not limits_are_shared(config):
+        what = "Each of {count} workers enforces its share of [limits]"
+    elif config.cluster.on_redis_error == "open":
+        what = (
+            "{count} workers share the rate limits through the cluster; while it "
+            "is unreachable each enforces its share"
+        )
+    else:
         _log.info(
             "{count} workers share the rate limits through the cluster", count=count
         )
         return
-    share = share_of_limits(config, config.limits, count)
+    share = divided_limits(config.limits, count)
     _log.info(
-        "Each of {count} workers enforces its share of [limits]: rate "
-        "{rate:g}/s (burst {burst}), client_rate {client_rate:g}/s (burst "
-        "{client_burst})",
+        what + ": rate {rate:g}/s (burst {burst}), client_rate {client_rate:g}/s "
+        "(burst {client_burst})",
         count=count,
         rate=share.rate,
         burst=share.burst,

@@ -21,6 +21,7 @@ __all__ = [
     "all_answering",
     "all_connected",
     "all_serving",
+    "divided_limits",
     "limits_are_shared",
     "share_of_limits",
 ]
@@ -118,12 +119,24 @@ def limits_are_shared(config: Config) -> bool:
 
 def share_of_limits(config: Config, limits: LimitsConfig, workers: int) -> LimitsConfig:
     """
-    The limits one of C{workers} workers enforces on its own: C{limits} with
-    the rates (and bursts, rounded up, at least 1 while a rate is on) divided
-    by C{workers}, so that all of them together allow what C{limits} allows;
-    C{limits} unchanged with one worker or when L{limits_are_shared}.
+    The limits one of C{workers} workers enforces: C{limits} unchanged when
+    L{limits_are_shared} (each worker counts against the shared whole), else
+    its L{divided_limits}.
     """
-    if workers <= 1 or limits_are_shared(config):
+    if limits_are_shared(config):
+        return limits
+    return divided_limits(limits, workers)
+
+
+def divided_limits(limits: LimitsConfig, workers: int) -> LimitsConfig:
+    """
+    The limits one of C{workers} workers enforces counting alone (without the
+    cluster, or while the cluster's Redis is unreachable): C{limits} with the
+    rates (and bursts, rounded up, at least 1 while a rate is on) divided by
+    C{workers}, so that all of them together allow what C{limits} allows;
+    C{limits} unchanged with one worker.
+    """
+    if workers <= 1:
         return limits
 
     def burst(rate: float, value: int) -> int:

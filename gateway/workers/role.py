@@ -11,7 +11,7 @@ import attrs
 
 from gateway.config import Config, LimitsConfig
 from gateway.listeners import Endpoints
-from gateway.workers.policy import share_of_limits
+from gateway.workers.policy import divided_limits, share_of_limits
 
 __all__ = ["WorkerRole"]
 
@@ -36,3 +36,11 @@ class WorkerRole:
     def limits(self, config: Config, limits: LimitsConfig) -> LimitsConfig:
         """The part of C{limits} this worker enforces (see L{share_of_limits})."""
         return share_of_limits(config, limits, self.count)
+
+    def limits_alone(self, limits: LimitsConfig) -> LimitsConfig:
+        """
+        The part of C{limits} this worker enforces counting alone, shared
+        limits or not: what it falls back to while the cluster's Redis is
+        unreachable (see L{divided_limits}).
+        """
+        return divided_limits(limits, self.count)

@@ -24,11 +24,16 @@ INSTANCE = "mqtt-cn-fleet"
 
 
 class Client:
-    """An HTTP client on the real reactor, keeping its connections open."""
+    """
+    An HTTP client on the real reactor, keeping its connections open unless
+    C{persistent} is false (then each request has a connection of its own).
+    """
 
-    def __init__(self, reactor: Any, connections: int = 16) -> None:
+    def __init__(
+        self, reactor: Any, connections: int = 16, *, persistent: bool = True
+    ) -> None:
         self.reactor = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = connections
         self.agent = Agent(reactor, pool=self.pool)
 

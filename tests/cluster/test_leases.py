@@ -19,6 +19,7 @@ from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
 from gateway.limits import RateLimiter
 from gateway.model import Identity
+from gateway.workers.policy import divided_limits
 from tests.cluster.fakes import FakeStore, SimulatedRedis
 
 ALICE = Identity(client_id="alice")
@@ -141,6 +142,55 @@ class LeasedLimiterTests(SynchronousTestCase):
         self.store.health.succeeded()
         self.assertTrue(passes(self.limiter, 0.0))
         self.assertEqual(len(self.store.calls), 2)
+
+    def halved(self, limits: LimitsConfig) -> RateLimiter:
+        """The limiter of a worker of two, with Redis gone after one message."""
+        limiter = shared_rate_limiter(
+            limits, self.store, self.clock, alone=divided_limits(limits, 2)
+        )
+        self.assertTrue(passes(limiter, 0.0))
+        self.store.fail()
+        return limiter
+
+    def shared_again(
+        self, limiter: RateLimiter, now: float, tries: int, shared: list[float]
+    ) -> int:
+        """
+        Redis back: how many of C{tries} messages pass at C{now}, every lease
+        asked for granted in full (and asked of the C{shared} rate and burst).
+        """
+        self.store.health.succeeded()
+        admitted = 0
+        for _ in range(tries):
+            admitted += passes(limiter, now)
+            for call in self.store.pending():
+                self.assertEqual(call.args[:2], shared)
+                call.answer.callback([call.args[2], 0])
+        return admitted
+
+    def test_open_falls_back_to_share(self) -> None:
+        """
+        Redis down with "open" for a worker of two: its local bucket admits half
+        the configured rate and burst; Redis back, the leased whole limit
+        applies again.
+        """
+        limiter = self.halved(LimitsConfig(rate=1000, burst=1000))
+        self.assertEqual(sum(passes(limiter, 0.0) for _ in range(1100)), 500)
+        # One second on, the share's rate: 500 more.
+        self.assertEqual(sum(passes(limiter, 1.0) for _ in range(1100)), 500)
+        # The local share is spent, yet leases of the whole bucket pass.
+        self.assertEqual(self.shared_again(limiter, 1.0, 100, [1000, 1000]), 100)
+
+    def test_open_falls_back_to_client_share(self) -> None:
+        """The same for the per-client buckets: half of client_rate/burst."""
+        limiter = self.halved(
+            LimitsConfig(rate=0, burst=0, client_rate=10, client_burst=11)
+        )
+        self.assertEqual(sum(passes(limiter, 0.0) for _ in range(20)), 6)
+        # Two seconds on, refilled at 5/s and full at 6 again.
+        self.assertEqual(sum(passes(limiter, 2.0) for _ in range(20)), 6)
+        # The first waits for the lease repaying the debt from before the outage.
+        self.assertEqual(self.shared_again(limiter, 2.0, 10, [10, 11]), 9)
 
     def test_closed_refuses(self) -> None:
         """Redis down with "closed": 503 with Retry-After, until it is back."""

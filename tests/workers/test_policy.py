@@ -10,15 +10,18 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import LimitsConfig, default, parse
+from gateway.listeners import Endpoints
 from gateway.workers.policy import (
     RestartBackoff,
     WorkerState,
     all_answering,
     all_connected,
     all_serving,
+    divided_limits,
     limits_are_shared,
     share_of_limits,
 )
+from gateway.workers.role import WorkerRole
 
 
 class BackoffTests(SynchronousTestCase):
@@ -105,6 +108,34 @@ class LimitsShareTests(SynchronousTestCase):
         )
         self.assertTrue(limits_are_shared(config))
         self.assertIs(share_of_limits(config, config.limits, 4), config.limits)
+
+    def test_alone_while_redis_is_down(self) -> None:
+        """
+        With [cluster] redis a worker enforces the whole shared limit, and its
+        share of it when it counts alone (while Redis is unreachable).
+        """
+        config = parse(
+            {
+                "server": {"workers": 2},
+                "cluster": {"redis": "redis://127.0.0.1:6379/0"},
+                "limits": {
+                    "rate": 100,
+                    "burst": 31,
+                    "client_rate": 4,
+                    "client_burst": 3,
+                },
+            },
+            ".",
+        )
+        role = WorkerRole(1, 2, Endpoints((), (), None))
+        self.assertIs(role.limits(config, config.limits), config.limits)
+        self.assertEqual(
+            role.limits_alone(config.limits),
+            LimitsConfig(rate=50, burst=16, client_rate=2, client_burst=2),
+        )
+        self.assertEqual(
+            role.limits_alone(config.limits), divided_limits(config.limits, 2)
+        )
 
 
 class ServerConfigTests(SynchronousTestCase):
