@@ -160,8 +160,8 @@ def refuse(
     worker that cannot start never starts its L{WorkerControl}), that this
     worker cannot start because of C{error}.
 
-    @return: fires once the parent heard it, or could not be told, within
-        C{timeout} seconds.
+    @return: fires once the parent heard it (then the channel is closed), or
+        could not be told, within C{timeout} seconds.
     """
     channel = amp.AMP()
     reactor.adoptStreamConnection(
@@ -170,7 +170,12 @@ def refuse(
     socket.close(fd)
     told: Deferred[Any] = channel.callRemote(Refused, error=error)
     told.addTimeout(timeout, reactor)
-    return told.addBoth(lambda _: None)
+
+    def hang_up(_: object) -> None:
+        if channel.transport is not None:
+            channel.transport.loseConnection()
+
+    return told.addBoth(hang_up)
 
 
 def _start_logging(number: int) -> None:
