@@ -4,7 +4,8 @@ The control channel between the parent and each worker: Twisted's AMP over a
 Unix socket pair (the worker's end is its file descriptor 3).
 
 The worker calls L{Ready} once it serves its listeners and L{Status} whenever
-its broker session comes or goes. The parent calls L{Ping} (which also tells
+its broker session comes or goes; one that cannot start calls L{Refused}
+instead of L{Ready}, then exits. The parent calls L{Ping} (which also tells
 the broker session's state), L{Reload} (as SIGHUP does), L{Stop} (drain and
 exit, as SIGTERM does) and L{Metrics} (the worker's metrics, for the parent's
 C{/metrics}).
@@ -21,6 +22,7 @@ __all__ = [
     "Metrics",
     "Ping",
     "Ready",
+    "Refused",
     "Reload",
     "Status",
     "Stop",
@@ -36,6 +38,15 @@ class Ready(amp.Command):
     """Worker to parent: it serves every listener; C{connected} as in L{Status}."""
 
     arguments = [(b"worker", amp.Integer()), (b"connected", amp.Boolean())]
+
+
+class Refused(amp.Command):
+    """
+    Worker to parent: it cannot start and exits; C{error} is the one line a
+    single process would stop with.
+    """
+
+    arguments = [(b"error", amp.Unicode())]
 
 
 class Status(amp.Command):

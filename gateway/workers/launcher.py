@@ -28,7 +28,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 import gateway
-from gateway.workers.control import CONTROL_FD, Ready, Status
+from gateway.workers.control import CONTROL_FD, Ready, Refused, Status
 from gateway.workers.sockets import BoundSockets, Inherited
 from gateway.workers.supervisor import WorkerEvents, WorkerHandle
 
@@ -118,6 +118,11 @@ class _ParentSide(amp.AMP):
     @Ready.responder
     def ready(self, worker: int, connected: bool) -> dict[str, Any]:
         self.events.worker_serving(self.number, connected)
+        return {}
+
+    @Refused.responder
+    def refused(self, error: str) -> dict[str, Any]:
+        self.events.worker_refused(self.number, error)
         return {}
 
     @Status.responder

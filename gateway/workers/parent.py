@@ -7,13 +7,23 @@ L{Supervisor} of the worker processes that serve them, the admin listener
 answering for all the workers together, SIGTERM (every worker drains, then the
 parent exits 0), SIGHUP (every worker reloads) and systemd's notifications
 (C{READY=1} once every worker serves, C{WATCHDOG=1} only while they all answer).
+
+A worker that refuses to start while the gateway starts (see
+L{gateway.workers.supervisor}) stops the parent as a L{StartupError} stops a
+single process: its one line is logged, every other worker is stopped, and
+the parent exits 1 (without C{READY=1}).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from gateway.config import Config, ConfigError
@@ -74,6 +84,25 @@ def _say_limits(config: Config) -> None:
     )
 
 
+def _exit_1() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(1)
+
+
+def stop_with_status_1(reactor: Any) -> None:
+    """
+    Stop C{reactor} (and so the service tree) and have the process exit 1
+    once twistd has cleaned up: twistd itself exits 0 after the reactor
+    stopped, and nothing it calls on the way out can change that.
+    """
+    atexit.register(_exit_1)
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
+
+
 def parent_service(options: Any, reactor: Any) -> IService:
     """
     The parent's tree for the checked C{options} (a L{gateway.tap.Options}).
@@ -101,7 +130,11 @@ def parent_service(options: Any, reactor: Any) -> IService:
         (lambda: embedded.protocol) if embedded is not None else None,
     )
     supervisor = Supervisor(
-        count, launcher, reactor, stop_timeout=config.mqtt.publish_timeout + 10
+        count,
+        launcher,
+        reactor,
+        stop_timeout=config.mqtt.publish_timeout + 10,
+        on_refused=lambda _: stop_with_status_1(reactor),
     )
     supervisor.setServiceParent(root)
     _say_limits(config)

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.workers.test_policy -*-
 """
 The supervisor's decisions, as pure functions and values (time passed in):
-how long to wait before a dead worker is started again, when every worker
+what follows a worker's exit (L{after_exit}: started again after a back-off,
+or the gateway stops because a worker refused to start), when every worker
 serves, whether the workers answer (the condition for systemd's watchdog
 ping), and each worker's share of the rate limits.
 """
@@ -16,8 +17,11 @@ import attrs
 from gateway.config import Config, LimitsConfig
 
 __all__ = [
+    "GiveUp",
+    "Restart",
     "RestartBackoff",
     "WorkerState",
+    "after_exit",
     "all_answering",
     "all_connected",
     "all_serving",
@@ -67,6 +71,9 @@ class WorkerState:
         C{None} since it started.
     @ivar started: when the current (or last) process started.
     @ivar deaths: deaths in a row (see L{RestartBackoff.deaths_in_a_row}).
+    @ivar served_once: whether any of its processes ever said it serves.
+    @ivar error: the one-line reason the current (or last) process gave for
+        not starting, or C{None}.
     """
 
     number: int
@@ -76,6 +83,8 @@ class WorkerState:
     answered: float | None = None
     started: float = 0.0
     deaths: int = 0
+    served_once: bool = False
+    error: str | None = None
 
     def answering(self, now: float, deadline: float) -> bool:
         """Whether it runs and answered within the last C{deadline} seconds."""
@@ -84,6 +93,54 @@ class WorkerState:
             and self.answered is not None
             and now - self.answered <= deadline
         )
+
+
+@attrs.frozen
+class Restart:
+    """Start the worker again in C{delay} seconds; C{deaths} in a row now."""
+
+    delay: float
+    deaths: int
+
+
+@attrs.frozen
+class GiveUp:
+    """
+    Stop the gateway: a worker could not start. C{reason} is its own error
+    line when it said one, else how its process ended.
+    """
+
+    reason: str
+
+
+def after_exit(
+    ended: WorkerState,
+    workers: Iterable[WorkerState],
+    ran_for: float,
+    how: str,
+    backoff: RestartBackoff,
+) -> Restart | GiveUp:
+    """
+    What follows the exit of C{ended}'s process (C{ran_for} seconds after it
+    started; C{how}: how it ended, for the reason), given every worker's state
+    as it was just before (C{ended} among them).
+
+    Until every worker has said once that it serves, the gateway is starting:
+    a worker that exits then before it said it serves refused the
+    configuration (a file it cannot open, a listener it cannot build, ...), or
+    cannot start at all, so starting it again would only repeat that. That
+    stops the gateway: L{GiveUp}, with the worker's own error line. Any other
+    exit, including one during start-up by a worker that had served, and
+    every exit once the gateway has started, is a L{Restart} after the
+    back-off.
+    """
+    started_up = all(w.served_once for w in workers)
+    if not started_up and not ended.serving:
+        if ended.error is not None:
+            return GiveUp(ended.error)
+        return GiveUp(f"worker {ended.number} {how} before it served")
+    deaths = backoff.deaths_in_a_row(ended.deaths, ran_for)
+    return Restart(backoff.delay(deaths), deaths)
 
 
 def all_serving(workers: Iterable[WorkerState]) -> bool:

@@ -5,6 +5,13 @@ a L{Launcher}, starts again one that dies (after a L{RestartBackoff}, logged),
 pings them, kills one that stops answering, forwards reloads and, when
 stopped, has each drain and waits until every one has exited.
 
+A worker that refuses to start stops the gateway instead (the rule is
+L{gateway.workers.policy.after_exit}): until every worker has said once that
+it serves, a worker that exits before it serves has the supervisor log that
+worker's own error line and call its C{on_refused} with it, once (the parent
+then stops, which stops the other workers, and exits 1); it is not started
+again, nor is any other worker, and L{Supervisor.whenServing} never fires.
+
 It is also what the parent's C{/readyz}, C{/metrics} and systemd notifier ask:
 its L{PublisherStatus} is connected while every worker has its broker session,
 L{Supervisor.whenServing} fires once every worker serves, and
@@ -27,8 +34,10 @@ from twisted.python.failure import Failure
 from gateway.status import PublisherStatus, StatusObserver, StatusObservers
 from gateway.workers.control import Ping, Reload, Stop
 from gateway.workers.policy import (
+    GiveUp,
     RestartBackoff,
     WorkerState,
+    after_exit,
     all_answering,
     all_connected,
     all_serving,
@@ -62,6 +71,9 @@ class WorkerEvents(Protocol):
     def worker_status(self, number: int, connected: bool) -> None:
         """Worker C{number}'s broker session came up or went down."""
 
+    def worker_refused(self, number: int, error: str) -> None:
+        """Worker C{number} cannot start; C{error} is its one-line reason."""
+
     def worker_ended(self, number: int, why: str) -> None:
         """Worker C{number}'s process has exited (C{why}: how, for the log)."""
 
@@ -89,6 +101,7 @@ class Supervisor(Service):
         answer_deadline: float = 5.0,
         hang_timeout: float = 20.0,
         stop_timeout: float = 30.0,
+        on_refused: Callable[[str], object] | None = None,
     ) -> None:
         """
         @param ping_interval: seconds between pings.
@@ -98,6 +111,8 @@ class Supervisor(Service):
             worker is killed (and started again).
         @param stop_timeout: seconds the workers have to drain and exit when
             stopped; those still running then are killed.
+        @param on_refused: called once, with the worker's error line, when a
+            worker refused to start (see the module docstring).
         """
         self.count = count
         self.launcher = launcher
@@ -110,6 +125,9 @@ class Supervisor(Service):
         self.states = {n: WorkerState(n) for n in range(1, count + 1)}
         self.handles: dict[int, WorkerHandle] = {}
         self.restarts = 0
+        self.on_refused = on_refused
+        #: The error line of the worker that refused to start, once one did.
+        self.refused: str | None = None
         self._restart_calls: dict[int, IDelayedCall] = {}
         self._observers = StatusObservers()
         self._status = PublisherStatus()
@@ -171,7 +189,7 @@ class Supervisor(Service):
         state = self.states[number]
         state.running = True
         state.serving = state.connected = False
-        state.answered = None
+        state.answered = state.error = None
         state.started = self.clock.seconds()
         handle = self.launcher.launch(number, self)
         self.handles[number] = handle
@@ -180,7 +198,7 @@ class Supervisor(Service):
     def worker_serving(self, number: int, connected: bool) -> None:
         """Worker C{number} serves; once all do, L{whenServing} fires."""
         state = self.states[number]
-        state.serving = True
+        state.serving = state.served_once = True
         state.connected = connected
         state.answered = self.clock.seconds()
         if not self._served and all_serving(self.states.values()):
@@ -191,6 +209,10 @@ class Supervisor(Service):
                 d.callback(None)
         self._changed()
 
+    def worker_refused(self, number: int, error: str) -> None:
+        """Worker C{number} cannot start: C{error}, the line it exits with."""
+        self.states[number].error = error
+
     def worker_status(self, number: int, connected: bool) -> None:
         """Worker C{number}'s broker session is up or down now."""
         self.states[number].connected = connected
@@ -199,23 +221,28 @@ class Supervisor(Service):
     def worker_ended(self, number: int, why: str) -> None:
         """
         Worker C{number} exited: started again after the back-off, unless
-        the supervisor is stopping (then the last one to exit ends the stop).
+        the supervisor is stopping (then the last one to exit ends the stop)
+        or a worker refused to start (see the module docstring).
         """
         state = self.states[number]
         handle = self.handles.pop(number, None)
         pid = handle.pid if handle is not None else None
+        ran_for = self.clock.seconds() - state.started
+        decision = after_exit(state, self.states.values(), ran_for, why, self.backoff)
         state.running = state.serving = state.connected = False
         self._changed()
-        if self._stopped is not None:
+        if self._stopped is not None or self.refused is not None:
             _log.info(
                 "Worker {number} (pid {pid}) {why}", number=number, pid=pid, why=why
             )
-            if not self.handles and not self._stopped.called:
-                self._stopped.callback(None)
+            stopped = self._stopped
+            if stopped is not None and not self.handles and not stopped.called:
+                stopped.callback(None)
             return
-        ran_for = self.clock.seconds() - state.started
-        state.deaths = self.backoff.deaths_in_a_row(state.deaths, ran_for)
-        delay = self.backoff.delay(state.deaths)
+        if isinstance(decision, GiveUp):
+            self._give_up(number, pid, decision.reason)
+            return
+        state.deaths, delay = decision.deaths, decision.delay
         _log.warn(
             "Worker {number} (pid {pid}) {why} after {ran_for:.1f} s; starting it "
             "again in {delay:g} s",
@@ -227,6 +254,21 @@ class Supervisor(Service):
         )
         self.restarts += 1
         self._restart_calls[number] = self.clock.callLater(delay, self._start, number)
+
+    def _give_up(self, number: int, pid: int | None, reason: str) -> None:
+        self.refused = reason
+        _log.critical(
+            "Worker {number} (pid {pid}) could not start; stopping the gateway: "
+            "{reason}",
+            number=number,
+            pid=pid,
+            reason=reason,
+        )
+        for call in self._restart_calls.values():
+            call.cancel()
+        self._restart_calls.clear()
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     # -- pings, reload
 

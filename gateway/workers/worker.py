@@ -5,7 +5,8 @@ parent (L{gateway.workers.launcher}). It builds the same service tree as a
 single process (L{gateway.tap.build}) on the listening sockets it inherited,
 runs it under its own reactor, and answers the parent over the control channel
 (L{WorkerControl}). It stops (draining as on SIGTERM) when told to, on SIGTERM,
-and when the parent is gone.
+and when the parent is gone. One that cannot start tells the parent why
+(L{refuse}) and exits 1 with that one line, as a single process would.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import (
     FileLogObserver,
@@ -33,13 +35,14 @@ from gateway.workers.control import (
     Metrics,
     Ping,
     Ready,
+    Refused,
     Reload,
     Status,
     Stop,
     pack,
 )
 
-__all__ = ["WorkerControl", "main"]
+__all__ = ["WorkerControl", "main", "refuse"]
 
 _log = Logger()
 
@@ -149,6 +152,32 @@ class WorkerControl(Service):
         self.reactor.callLater(0, self.reactor.stop)
 
 
+def refuse(
+    reactor: Any, error: str, *, fd: int = CONTROL_FD, timeout: float = 5.0
+) -> Deferred[None]:
+    """
+    Tell the parent, over the control channel on C{fd} (not opened yet: a
+    worker that cannot start never starts its L{WorkerControl}), that this
+    worker cannot start because of C{error}.
+
+    @return: fires once the parent heard it (then the channel is closed), or
+        could not be told, within C{timeout} seconds.
+    """
+    channel = amp.AMP()
+    reactor.adoptStreamConnection(
+        fd, socket.AF_UNIX, Factory.forProtocol(lambda: channel)
+    )
+    socket.close(fd)
+    told: Deferred[Any] = channel.callRemote(Refused, error=error)
+    told.addTimeout(timeout, reactor)
+
+    def hang_up(_: object) -> None:
+        if channel.transport is not None:
+            channel.transport.loseConnection()
+
+    return told.addBoth(hang_up)
+
+
 def _start_logging(number: int) -> None:
     def format(event: dict[str, Any]) -> str | None:
         text = formatEventAsClassicLogText(event)
@@ -163,19 +192,12 @@ def _start_logging(number: int) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the worker the plan in C{argv[1]} describes, until it stops."""
-    from twisted.internet import reactor
-
-    from gateway.startup import StartupError
+def _tree(plan: Any, reactor: Any) -> IService:
+    """The worker's service tree for C{plan} (a L{WorkerPlan}), not started."""
     from gateway.tap import Options, build
-    from gateway.workers.launcher import WorkerPlan
     from gateway.workers.role import WorkerRole
     from gateway.workers.sockets import adopted_endpoints
 
-    argv = sys.argv if argv is None else argv
-    plan = WorkerPlan.from_json(argv[1])
-    _start_logging(plan.number)
     options = Options()
     options.parseOptions(list(plan.arguments))
     role = WorkerRole(
@@ -199,20 +221,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics.render if metrics is not None else None,
         reactor=reactor,
     ).setServiceParent(assembly.root)
-    root = assembly.root
-    root.privilegedStartService()
+    return assembly.root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run the worker the plan in C{argv[1]} describes, until it stops; exit 1
+    with the one line of a L{StartupError} when it cannot start.
+    """
+    from twisted.internet import reactor
+
+    from gateway.startup import StartupError
+    from gateway.workers.launcher import WorkerPlan
+
+    argv = sys.argv if argv is None else argv
+    plan = WorkerPlan.from_json(argv[1])
+    _start_logging(plan.number)
     failed: list[str] = []
+    root: IService | None = None
+    try:
+        root = _tree(plan, reactor)
+        root.privilegedStartService()
+    except StartupError as e:
+        failed.append(str(e.code))
 
     def start() -> None:
-        try:
-            root.startService()
-        except StartupError as e:
-            # As twistd would stop: one line, exit status 1 (the parent logs it).
-            failed.append(str(e.code))
-            reactor.stop()
+        if root is not None and not failed:
+            try:
+                root.startService()
+                return
+            except StartupError as e:
+                failed.append(str(e.code))
+        # As twistd would stop (one line, exit status 1), once the parent
+        # has heard why.
+        refuse(reactor, failed[0]).addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    if root is not None:
+        reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     reactor.run()
     if failed:
         raise SystemExit(failed[0])

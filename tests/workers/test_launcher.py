@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.workers.test_launcher -*-
 """
 What a worker is told and given: its plan on the command line, its
-environment, the listening sockets the parent bound and how it adopts them.
+environment, the listening sockets the parent bound and how it adopts them;
+and how one that cannot start tells the parent why.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.config import parse
 from gateway.listeners import parse_endpoints
 from gateway.startup import StartupError
 from gateway.tap import Options
-from gateway.workers.launcher import WorkerPlan, worker_environment
+from gateway.workers.launcher import WorkerPlan, _ParentSide, worker_environment
 from gateway.workers.parent import command_line
 from gateway.workers.sockets import (
     BoundSockets,
@@ -26,6 +29,7 @@ from gateway.workers.sockets import (
     SharedPort,
     adopted_endpoints,
 )
+from gateway.workers.worker import refuse
 
 
 class PlanTests(SynchronousTestCase):
@@ -200,3 +204,72 @@ class _Counting(Factory):
     def buildProtocol(self, addr: Any) -> Protocol:
         self.built += 1
         return Protocol()
+
+
+class _Refusals:
+    """The parent's events, recording refusals (the rest is not expected)."""
+
+    def __init__(self) -> None:
+        self.refused: list[tuple[int, str]] = []
+
+    def worker_refused(self, number: int, error: str) -> None:
+        self.refused.append((number, error))
+
+    def worker_serving(self, number: int, connected: bool) -> None:
+        raise AssertionError("a refusing worker does not serve")
+
+    def worker_status(self, number: int, connected: bool) -> None:
+        raise AssertionError("a refusing worker has no broker session")
+
+    def worker_ended(self, number: int, why: str) -> None:
+        raise AssertionError("not a process")
+
+
+class _HangUps(_ParentSide):
+    """The parent's end, which tells when the worker hung up."""
+
+    def __init__(self, number: int, events: _Refusals) -> None:
+        super().__init__(number, events)
+        self.hung_up: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.hung_up.callback(None)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class RefusalTests(TestCase):
+    """A worker that cannot start, over a real control channel."""
+
+    def channel(self) -> tuple[socket.socket, int]:
+        """The parent's end and a copy of the worker's end (as inherited)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        return ours, os.dup(theirs.fileno())
+
+    async def test_parent_hears_the_error(self) -> None:
+        """The parent hears the worker's error line, as worker N's; then the
+        worker hangs up."""
+        reactor: Any = _reactor()
+        ours, fd = self.channel()
+        events = _Refusals()
+        parent = _HangUps(2, events)
+        reactor.adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: parent)
+        )
+        error = "mqtt-http-gateway: log.access: cannot open /x/a.log: No such file"
+        await refuse(reactor, error, fd=fd)
+        self.assertEqual(events.refused, [(2, error)])
+        await parent.hung_up
+
+    async def test_parent_gone(self) -> None:
+        """Without a parent to tell, it fires all the same."""
+        ours, fd = self.channel()
+        ours.close()
+        await refuse(_reactor(), "mqtt-http-gateway: x", fd=fd)

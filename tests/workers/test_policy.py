@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.workers.test_policy -*-
 """
-The supervisor's pure decisions: restart back-off, readiness, answering, and
-each worker's share of the limits.
+The supervisor's pure decisions: restart back-off or stop after a worker's
+exit, readiness, answering, and each worker's share of the limits.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.config import LimitsConfig, default, parse
 from gateway.listeners import Endpoints
 from gateway.workers.policy import (
+    GiveUp,
+    Restart,
     RestartBackoff,
     WorkerState,
+    after_exit,
     all_answering,
     all_connected,
     all_serving,
@@ -42,6 +45,75 @@ def serving(number: int, connected: bool = True, answered: float = 0) -> WorkerS
     return WorkerState(
         number, running=True, serving=True, connected=connected, answered=answered
     )
+
+
+class AfterExitTests(SynchronousTestCase):
+    backoff = RestartBackoff(initial=0.5, factor=2, maximum=4, stable=10)
+
+    def test_refused_during_start_up(self) -> None:
+        """
+        While some worker has never served, one that exits before it served
+        stops the gateway, with its own error line.
+        """
+        error = "mqtt-http-gateway: log.access: cannot open /x/a.log: No such file"
+        starting = WorkerState(1, running=True, error=error)
+        other = attrs.evolve(serving(2), served_once=True)
+        self.assertEqual(
+            after_exit(
+                starting, [starting, other], 0.2, "exited with status 1", self.backoff
+            ),
+            GiveUp(error),
+        )
+
+    def test_crashed_during_start_up(self) -> None:
+        """Without an error line the reason says how the process ended."""
+        starting = WorkerState(2, running=True)
+        self.assertEqual(
+            after_exit(
+                starting,
+                [WorkerState(1), starting],
+                3,
+                "was killed by signal 9",
+                self.backoff,
+            ),
+            GiveUp("worker 2 was killed by signal 9 before it served"),
+        )
+
+    def test_served_then_died_during_start_up(self) -> None:
+        """A worker that served is started again, though another still starts."""
+        died = attrs.evolve(serving(1), served_once=True)
+        self.assertEqual(
+            after_exit(
+                died,
+                [died, WorkerState(2, running=True)],
+                1,
+                "was killed by signal 9",
+                self.backoff,
+            ),
+            Restart(delay=0.5, deaths=1),
+        )
+
+    def test_after_start_up(self) -> None:
+        """
+        Once every worker served, every exit is restarted with the back-off,
+        even one before its new process served, error line or not.
+        """
+        restarted = WorkerState(
+            1, running=True, served_once=True, deaths=2, error="mqtt-http-gateway: x"
+        )
+        other = attrs.evolve(serving(2), served_once=True)
+        self.assertEqual(
+            after_exit(
+                restarted, [restarted, other], 0.1, "exited with status 1", self.backoff
+            ),
+            Restart(delay=2, deaths=3),
+        )
+        self.assertEqual(
+            after_exit(
+                restarted, [restarted, other], 10, "exited with status 1", self.backoff
+            ),
+            Restart(delay=0.5, deaths=1),
+        )
 
 
 class ReadinessTests(SynchronousTestCase):

@@ -257,6 +257,42 @@ class ServingTests(WorkersCase):
         await self.assertStops(parent)
 
 
+class StartupTests(WorkersCase):
+    async def test_worker_refuses_the_configuration(self) -> None:
+        """
+        An access log in a folder that does not exist, which only the workers
+        open: the parent stops at start-up within seconds, exit status 1,
+        its log naming log.access and the path in the workers' own words,
+        no worker started again and none left running.
+        """
+        missing = os.path.join(os.path.abspath(self.mktemp()), "access.log")
+        parent = Parent(
+            self,
+            workers_config(
+                free_port(), f"tcp:{free_port()}:interface=127.0.0.1", access=missing
+            ),
+        )
+        await poll(_reactor(), lambda: parent.ended.called, 15, lambda: parent.output)
+        self.assertEqual(await parent.ended, 1, parent.output)
+        error = re.escape(
+            f"mqtt-http-gateway: log.access: cannot open {missing}: "
+            "No such file or directory"
+        )
+        self.assertRegex(
+            parent.output,
+            rf"\[gateway\.workers\.supervisor#critical\] Worker [12] \(pid \d+\) "
+            rf"could not start; stopping the gateway: {error}\n",
+        )
+        self.assertNotIn("starting it again", parent.output)
+        self.assertNotIn("All 2 workers serve", parent.output)
+        self.assertNotIn("Traceback", parent.output)
+        pids = parent.worker_pids()
+        self.assertEqual(sorted(pids), [1, 2], parent.output)
+        for pid in pids.values():
+            with self.assertRaises(ProcessLookupError, msg=parent.output):
+                os.kill(pid, 0)
+
+
 def _continue(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)

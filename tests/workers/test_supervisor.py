@@ -67,6 +67,7 @@ class SupervisorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.launcher = FakeLauncher()
+        self.refusals: list[str] = []
         self.supervisor = Supervisor(
             2,
             self.launcher,
@@ -76,6 +77,7 @@ class SupervisorTests(SynchronousTestCase):
             answer_deadline=3,
             hang_timeout=10,
             stop_timeout=5,
+            on_refused=self.refusals.append,
         )
         self.supervisor.startService()
 
@@ -108,6 +110,55 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.launcher.launched[-1][0], 1)
         self.assertEqual(self.supervisor.restarts, 6)
         self.assertEqual([n for n, _ in self.launcher.launched].count(2), 1)
+
+    def test_refused_at_start_up_stops(self) -> None:
+        """
+        A worker that exits before it served while the gateway starts is not
+        started again: its error line goes to on_refused, once, the gateway
+        never becomes ready, and the other worker's exit while the parent
+        stops starts nothing either.
+        """
+        error = "mqtt-http-gateway: log.access: cannot open /x/a.log: No such file"
+        ready = self.supervisor.whenServing()
+        self.supervisor.worker_serving(2, connected=True)
+        self.supervisor.worker_refused(1, error)
+        self.supervisor.worker_ended(1, "exited with status 1")
+        self.assertEqual(self.refusals, [error])
+        self.assertEqual(self.supervisor.refused, error)
+        self.supervisor.worker_ended(2, "exited with status 0")
+        self.clock.advance(60)
+        self.assertEqual(len(self.launcher.launched), 2)
+        self.assertEqual(self.refusals, [error])
+        self.assertEqual(self.supervisor.restarts, 0)
+        self.assertNoResult(ready)
+        self.successResultOf(self.supervisor.stopService())
+
+    def test_killed_at_start_up_stops(self) -> None:
+        """Without an error line the reason says how the worker ended."""
+        self.supervisor.worker_ended(2, "was killed by signal 9")
+        self.assertEqual(
+            self.refusals, ["worker 2 was killed by signal 9 before it served"]
+        )
+        stopped = self.supervisor.stopService()
+        self.assertEqual(self.launcher.current(1).sent(Stop), 1)
+        self.supervisor.worker_ended(1, "exited with status 0")
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.launcher.launched), 2)
+
+    def test_refused_after_start_up_restarts(self) -> None:
+        """
+        Once every worker has served, a new process that refuses to start is
+        started again with the back-off, as any other exit.
+        """
+        self.serve_all()
+        self.supervisor.worker_ended(1, "was killed by signal 9")
+        self.clock.advance(0.5)
+        self.supervisor.worker_refused(1, "mqtt-http-gateway: log.access: ...")
+        self.supervisor.worker_ended(1, "exited with status 1")
+        self.clock.advance(1)
+        self.assertEqual([n for n, _ in self.launcher.launched], [1, 2, 1, 1])
+        self.assertEqual(self.refusals, [])
+        self.assertIsNone(self.supervisor.refused)
 
     def test_ready_once_all_serve(self) -> None:
         """whenServing fires once every worker serves, not before."""
