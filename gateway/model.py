@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 _log = Logger()
@@ -40,6 +42,18 @@ class Peer:
         if ":" in self.host:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+
+def peer_of(address: IAddress) -> Peer:
+    """
+    The client's address of a transport's C{getPeer()}: IP address and port,
+    C{"unix"} for every client of a UNIX socket.
+    """
+    if isinstance(address, IPv4Address | IPv6Address):
+        return Peer(address.host, address.port)
+    if isinstance(address, UNIXAddress):
+        return Peer("unix")
+    return Peer(str(address))
 
 
 class Connection:

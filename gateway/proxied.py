@@ -47,6 +47,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from gateway.model import peer_of
 from gateway.proxyheader import BadHeader, parse_header
 
 __all__ = [
@@ -255,7 +256,7 @@ class _ProxiedProtocol(ProtocolWrapper):
         self._buffer = b""
         _log.warn(
             "Closed a connection from {peer} on {endpoint}: {why}",
-            peer=_format(self.transport.getPeer()),
+            peer=str(peer_of(self.transport.getPeer())),
             endpoint=self.factory.description or "a PROXY protocol port",
             why=why,
         )
@@ -298,10 +299,3 @@ class _ProxiedProtocol(ProtocolWrapper):
         """The address the client connected to, or the connection's own."""
         assert self.transport is not None
         return self._destination or self.transport.getHost()
-
-
-def _format(address: IAddress) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -68,6 +68,7 @@ from gateway.auth.tls_files import (
     same_public_key,
 )
 from gateway.config import TLSConfig
+from gateway.model import peer_of
 
 __all__ = [
     "ServerTLSOptions",
@@ -369,7 +370,4 @@ def peer_address(connection: SSL.Connection) -> str:
     transport = getattr(connection.get_app_data(), "transport", None)
     if transport is None:
         return "?"
-    address = transport.getPeer()
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    return f"{host}:{port}" if host is not None else str(address)
+    return str(peer_of(transport.getPeer()))

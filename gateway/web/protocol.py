@@ -21,10 +21,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IAddress,
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -39,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Connection, Peer
+from gateway.model import Connection, peer_of
 from gateway.web.assembler import RequestAssembler
 from gateway.web.messages import AccessRecord, HTTPRequest, HTTPResponse
 from gateway.web.pipeline import ResponsePipeline, Slot, encode_response
@@ -556,15 +554,3 @@ class HTTPServerProtocol(Protocol):
 
 def _internal_error() -> GatewayError:
     return GatewayError(Code.InternalError, "internal error")
-
-
-def peer_of(address: IAddress) -> Peer:
-    """
-    The client's address of a transport's C{getPeer()}: IP address and port,
-    C{"unix"} for every client of a UNIX socket.
-    """
-    if isinstance(address, IPv4Address | IPv6Address):
-        return Peer(address.host, address.port)
-    if isinstance(address, UNIXAddress):
-        return Peer("unix")
-    return Peer(str(address))
