@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from gateway.auth.identify import Claim
 from gateway.core import Gateway
 from gateway.errors import Code, GatewayError, method_not_allowed
+from gateway.memo import ShortMemo
 from gateway.model import Message, PublishResult
 from gateway.mqtt.strings import MAX_STRING_BYTES, string_problem, topic_problem
 from gateway.web.claims import request_claim
@@ -61,9 +62,7 @@ def _decode(raw: bytes, what: str, code: Code = Code.InvalidParameter) -> str:
 
 
 # Topics of recent paths: a device posts to the same few paths again and again.
-_TOPICS: dict[bytes, str] = {}
-_TOPICS_MAX = 4096
-_TOPIC_PATH_LENGTH = 256
+_TOPICS: ShortMemo[bytes, str] = ShortMemo()
 
 
 def parse_topic(path: bytes) -> str:
@@ -76,11 +75,7 @@ def parse_topic(path: bytes) -> str:
     """
     topic = _TOPICS.get(path)
     if topic is None:
-        topic = _parse_topic(path)
-        if len(path) <= _TOPIC_PATH_LENGTH:
-            if len(_TOPICS) >= _TOPICS_MAX:
-                _TOPICS.clear()
-            _TOPICS[path] = topic
+        topic = _TOPICS.remember(path, _parse_topic(path))
     return topic
 
 

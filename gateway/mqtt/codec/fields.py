@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+from gateway.memo import ShortMemo
 from gateway.mqtt.codec.packets import MalformedPacket
 from gateway.mqtt.strings import string_problem
 
@@ -44,9 +45,7 @@ def _binary(value: bytes) -> bytes:
 
 # Encoded short strings: topics, property names and client ids come again and
 # again, and checking and encoding one costs more than finding it here.
-_ENCODED: dict[str, bytes] = {}
-_ENCODED_MAX = 4096  # entries, each of a string of at most _ENCODED_LENGTH
-_ENCODED_LENGTH = 256
+_ENCODED: ShortMemo[str, bytes] = ShortMemo()
 
 
 def _string(value: str) -> bytes:
@@ -58,12 +57,7 @@ def _string(value: str) -> bytes:
     if problem is not None:
         raise ValueError(f"The MQTT string {value[:40]!r}... {problem}.")
     data = value.encode()
-    encoded = _U16.pack(len(data)) + data
-    if len(value) <= _ENCODED_LENGTH:
-        if len(_ENCODED) >= _ENCODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[value] = encoded
-    return encoded
+    return _ENCODED.remember(value, _U16.pack(len(data)) + data)
 
 
 def _pair(value: tuple[str, str]) -> bytes:
