@@ -25,7 +25,14 @@ from zope.interface import implementer
 
 from gateway.errors import Code, GatewayError
 from gateway.interfaces import IPublisher
-from gateway.model import Connection, Identity, Message, PublishResult
+from gateway.model import (
+    Connection,
+    Identity,
+    Message,
+    Proof,
+    PublishResult,
+    no_connection,
+)
 from gateway.mqtt import codec
 from gateway.mqtt.protocol import MQTTClientProtocol
 from gateway.mqtt.publisher import SharedPublisher
@@ -161,6 +168,25 @@ class Connections:
     def forget(self) -> None:
         """Drop every handle (between tests), closing none."""
         self._open.clear()
+
+    def sender(
+        self,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        connection: str = "",
+    ) -> Identity:
+        """
+        A sender who gave a password; with C{connection}, one on the HTTP/1.1
+        keep-alive connection of that name (else on none).
+        """
+        return Identity(
+            client_id=client_id,
+            username=username,
+            proof=Proof.PASSWORD,
+            password=password,
+            connection=self.named(connection) if connection else no_connection(),
+        )
 
 
 # -- an MQTT broker in memory

@@ -18,7 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
 from gateway.errors import Code, GatewayError
-from gateway.model import Identity, Message, Proof, PublishResult, no_connection
+from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
 from tests.brokers import Mosquitto, Received, Subscriber, poll
@@ -49,13 +49,9 @@ def sender(
     connection: str = "",
 ) -> Identity:
     """An identity with a Basic password; with C{connection}, on HTTP/1.1."""
-    return Identity(
-        client_id=client_id,
-        username=username,
-        proof=Proof.PASSWORD,
-        password=USERS[username].encode() if password is None else password,
-        connection=CONNECTIONS.named(connection) if connection else no_connection(),
-    )
+    if password is None:
+        password = USERS[username].encode()
+    return CONNECTIONS.sender(client_id, username, password, connection)
 
 
 class BrokerModeFixture(TestCase):

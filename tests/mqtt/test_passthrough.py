@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import REALM, Code, GatewayError
-from gateway.model import Identity, Message, Proof, PublishResult, no_connection
+from gateway.model import Identity, Message, PublishResult
 from gateway.mqtt import codec
 from gateway.mqtt.passthrough import PassthroughPublisher
 from gateway.mqtt.session import Broker
@@ -32,13 +32,7 @@ def sender(
     connection: str = "",
 ) -> Identity:
     """An identity; with C{connection}, one on an HTTP/1.1 keep-alive connection."""
-    return Identity(
-        client_id=client_id,
-        username=username,
-        proof=Proof.PASSWORD,
-        password=password,
-        connection=CONNECTIONS.named(connection) if connection else no_connection(),
-    )
+    return CONNECTIONS.sender(client_id, username, password, connection)
 
 
 class PassthroughTestCase(SynchronousTestCase):
