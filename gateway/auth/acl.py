@@ -221,7 +221,7 @@ class ACL:
 
         @raise FileError: if it cannot be read, is not UTF-8, or does not parse.
         """
-        text = read_text(path, FileError)
+        text = read_text(path)
         return cls.parse(text, path)
 
     def may_publish(self, topic: str, username: str | None, client_id: str) -> bool:

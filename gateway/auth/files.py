@@ -44,14 +44,12 @@ class FileError(ConfigError):
         self.key = key
 
 
-def read_bytes(
-    path: str, key: str | None = None, error: type[FileError] = FileError
-) -> bytes:
+def read_bytes(path: str, key: str | None = None) -> bytes:
     """
     The contents of the file at C{path}.
 
     @param key: the setting that names the file, for the message.
-    @raise FileError: of type C{error}, naming C{path} (and C{key}).
+    @raise FileError: naming C{path} (and C{key}).
     """
     try:
         with open(path, "rb") as f:
@@ -59,23 +57,23 @@ def read_bytes(
     except OSError as e:
         why = e.strerror or str(e)
         if key:
-            raise error(path, None, f"cannot read {path}: {why}", key) from None
-        raise error(path, None, f"cannot read: {why}") from None
+            raise FileError(path, None, f"cannot read {path}: {why}", key) from None
+        raise FileError(path, None, f"cannot read: {why}") from None
 
 
-def read_text(path: str, error: type[FileError] = FileError) -> str:
+def read_text(path: str) -> str:
     """
     The UTF-8 text of the file at C{path}.
 
-    @raise FileError: of type C{error}, naming C{path} (and the line of the
-        first byte that is not UTF-8).
+    @raise FileError: naming C{path} (and the line of the first byte that is
+        not UTF-8).
     """
-    data = read_bytes(path, error=error)
+    data = read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise error(path, line, "not UTF-8") from None
+        raise FileError(path, line, "not UTF-8") from None
 
 
 def load_setting(key: str, path: str | None, load: Callable[[str], T]) -> T | None:

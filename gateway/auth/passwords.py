@@ -180,7 +180,7 @@ class PasswordFile:
         @raise FileError: if it cannot be read, is not UTF-8, or does not
             parse.
         """
-        text = read_text(path, FileError)
+        text = read_text(path)
         return cls.parse(text, path, cache)
 
     def __contains__(self, user: str) -> bool:

@@ -61,12 +61,6 @@ class OneShotSession(BrokerSession):
         else:
             reason = unavailable("no MQTT broker is reachable")
             unavailable_broker = True
-        self._say(
-            LogLevel.warn,
-            "Cannot connect to {broker} as {client_id}: {why}",
-            broker=broker.name,
-            why=failure.getErrorMessage(),
-        )
         if unavailable_broker and self._tried < len(self.brokers):
             self._index = (self._index + 1) % len(self.brokers)
             self._attempt()

@@ -77,9 +77,7 @@ class HTTPServerProtocol(Protocol):
         self._factory = factory
         self._handler = factory.handler
         self._clock = factory.clock
-        self.connection_id = os.urandom(8).hex()
-        self.connection = Connection(self.connection_id)
-        self.peer = self.connection.peer
+        self.connection = Connection(os.urandom(8).hex())
         self._peer_text = ""  # the peer as the access log writes it, made once
         self._max_pipeline = factory.max_pipeline
         self._request_timeout = factory.request_timeout
@@ -130,8 +128,8 @@ class HTTPServerProtocol(Protocol):
         # connection, the session tickets), which costs a delayed ACK (~40 ms).
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
-        self.peer = self.connection.peer = peer_of(transport.getPeer())
-        self._peer_text = str(self.peer)
+        self.connection.peer = peer_of(transport.getPeer())
+        self._peer_text = str(self.connection.peer)
         self._tls = ISSLTransport.providedBy(transport)
         self._now = self._last_activity = self._clock.seconds()
         factory = self._factory

@@ -300,7 +300,7 @@ class HTTPServerFactory(Factory):
             return "the gateway is shutting down"
         if self.open_connections >= self.max_connections:
             return "the gateway has too many open connections"
-        source = protocol.peer.host
+        source = protocol.connection.peer.host
         count = self._per_source.get(source, 0)
         if count >= self.max_connections_per_source:
             self._source_refused(source)
@@ -333,7 +333,7 @@ class HTTPServerFactory(Factory):
         """A connection that L{connection_opened} counted has closed."""
         self.open_connections -= 1
         self._connections.discard(protocol)
-        source = protocol.peer.host
+        source = protocol.connection.peer.host
         count = self._per_source.get(source, 1) - 1
         if count > 0:
             self._per_source[source] = count

@@ -1267,7 +1267,7 @@ class FailureTests(SynchronousTestCase):
         c.send(post() + post() + post())
         c.transport.loseConnection()
         self.assertEqual(c.factory.open_connections, 0)
-        self.assertEqual(c.factory.handler.closed, [c.protocol.connection_id])  # type: ignore[attr-defined]
+        self.assertEqual(c.factory.handler.closed, [c.protocol.connection.id])  # type: ignore[attr-defined]
         d1, d2, d3 = answer.deferreds
         d2.callback(HTTPResponse(200))
         d1.errback(GatewayError(Code.BrokerUnavailable, "down"))
