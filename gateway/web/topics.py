@@ -285,9 +285,6 @@ class TopicsAPI:
         except GatewayError as e:
             return error_response(e, _LOG)
         identity = submitted.identity
-        log = AccessLogFields(
-            api=API.TOPICS, client_id=identity.client_id, user=identity.username
-        )
 
         def done(result: PublishResult) -> HTTPResponse:
             return HTTPResponse(
@@ -300,6 +297,7 @@ class TopicsAPI:
 
         def failed(failure: Any) -> HTTPResponse:
             failure.trap(GatewayError)
+            log = AccessLogFields(API.TOPICS, identity.client_id, identity.username)
             return error_response(failure.value, log)
 
         return submitted.results[0].addCallbacks(done, failed)
