@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.config import LimitsConfig
@@ -65,35 +66,57 @@ class TokenBucket:
         return self._refill(now) >= self.burst
 
 
+class KeyedBucket(Protocol):
+    """What L{KeyedBuckets} keeps per key: a L{TokenBucket}, or a bucket like it."""
+
+    def wait(self, now: float) -> float:
+        """The seconds until a token is there (C{0.0} if one is there now)."""
+
+    def take(self, now: float) -> object:
+        """Take a token."""
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket may be forgotten (it is the same as a new one)."""
+
+
 class KeyedBuckets:
     """
-    One L{TokenBucket} per key (client id, source address ...), created full on
-    first use. The table cannot grow without bound: whenever a key is added,
-    least recently used buckets that have refilled are dropped (a full bucket is
-    the same as none), and beyond C{max_keys} the least recently used one goes.
-    Keys are often chosen by clients, so adding one costs amortized constant time
-    however full the table is.
+    One bucket per key (client id, source address ...): a L{TokenBucket},
+    created full on first use, or what C{make(key, now)} creates. The table
+    cannot grow without bound: whenever a key is added, least recently used
+    buckets that are full are dropped (a full bucket is the same as none), and
+    beyond C{max_keys} the least recently used one goes. Keys are often chosen
+    by clients, so adding one costs amortized constant time however full the
+    table is.
     """
 
-    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        max_keys: int = 100_000,
+        *,
+        make: Callable[[str, float], KeyedBucket] | None = None,
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._make = make or (lambda _, now: TokenBucket(rate, burst, now))
+        self._buckets: OrderedDict[str, KeyedBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def _bucket(self, key: str, now: float) -> TokenBucket:
+    def _bucket(self, key: str, now: float) -> KeyedBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             self._prune(now)
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            bucket = self._buckets[key] = self._make(key, now)
         else:
             self._buckets.move_to_end(key)
         return bucket
 
-    def take(self, key: str, now: float) -> float:
+    def take(self, key: str, now: float) -> object:
         """L{TokenBucket.take} on C{key}'s bucket."""
         return self._bucket(key, now).take(now)
 

@@ -38,7 +38,6 @@ H times them until Redis answers again.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -159,6 +158,13 @@ class LeasedBucket:
         self.lease.take()
         self._ask(now)
 
+    def full(self, now: float) -> bool:
+        """
+        Never: a lease stands for the fleet's bucket, which this process cannot
+        see refilled, so it is forgotten only as the least recently used.
+        """
+        return False
+
     def _ask(self, now: float) -> None:
         lease = self.lease
         want, need = lease.want(now)
@@ -213,9 +219,10 @@ class SharedBucket:
 class SharedBuckets:
     """
     One shared bucket per client id, with the interface of L{KeyedBuckets}
-    that L{RateLimiter} uses. At most C{max_keys} leases are kept, the least
-    recently used dropped first (forgetting a lease loses its tokens, or at
-    most one lease of debt); the buckets of C{local} decide while Redis is down.
+    that L{RateLimiter} uses, kept in a L{KeyedBuckets} of leases: at most
+    C{max_keys}, the least recently used dropped first (forgetting a lease loses
+    its tokens, or at most one lease of debt); the buckets of C{local} decide
+    while Redis is down.
     """
 
     def __init__(
@@ -228,14 +235,13 @@ class SharedBuckets:
         local: KeyedBuckets,
         max_keys: int = 100_000,
     ) -> None:
-        self.store = store
         self.health = store.health
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
         self.local = local
-        self._clock = clock
-        self._leases: OrderedDict[str, LeasedBucket] = OrderedDict()
+
+        def lease(key: str, now: float) -> LeasedBucket:
+            return LeasedBucket(store, f"{KEY_PREFIX}client:{key}", rate, burst, clock)
+
+        self._leases = KeyedBuckets(rate, burst, max_keys, make=lease)
 
     def __len__(self) -> int:
         return len(self._leases) if self.health.up else len(self.local)
@@ -246,29 +252,14 @@ class SharedBuckets:
         """
         if not self.health.usable():
             return self.local.wait(key, now)
-        bucket = self._leases.get(key)
-        return 0.0 if bucket is None else bucket.wait(now)
+        return self._leases.wait(key, now)
 
     def take(self, key: str, now: float) -> None:
         """Take the token L{wait} found."""
-        if not self.health.up:
-            self.local.take(key, now)
-            return
-        leases = self._leases
-        bucket = leases.get(key)
-        if bucket is None:
-            while len(leases) >= self.max_keys:
-                leases.popitem(last=False)
-            bucket = leases[key] = LeasedBucket(
-                self.store,
-                f"{KEY_PREFIX}client:{key}",
-                self.rate,
-                self.burst,
-                self._clock,
-            )
+        if self.health.up:
+            self._leases.take(key, now)
         else:
-            leases.move_to_end(key)
-        bucket.take(now)
+            self.local.take(key, now)
 
 
 def shared_rate_limiter(
