@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import txredisapi
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
@@ -135,7 +136,11 @@ class RedisStore(Service):
         return reply
 
     def _failed(self, failure: Failure) -> Failure:
-        self.health.failed(failure.getErrorMessage() or repr(failure.value))
+        if failure.check(defer.TimeoutError):
+            why = f"no answer within {self.timeout:g} s"
+        else:
+            why = failure.getErrorMessage() or repr(failure.value)
+        self.health.failed(why)
         if not self._probe.running and self.running:
             self._probe.start(self._probe_interval, now=False)
         return failure

@@ -6,10 +6,11 @@ down notices its return, and no call is left waiting.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.cluster.redis import RedisStore
@@ -95,3 +96,15 @@ class RedisStoreTests(SynchronousTestCase):
         again = self.store.set_if_absent("n", 10)
         self.connection.commands[-1][1].callback(None)
         self.assertFalse(self.successResultOf(again))
+
+    def test_timeout_logged_plainly(self) -> None:
+        """The one warning of an outage by timeout says how long was waited."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        d = self.store.run(LEASE, ["k"], [1, 1, 1, 1])
+        self.clock.advance(0.5)
+        self.failureResultOf(d)
+        [warning] = [e for e in events if "unreachable" in e.get("log_format", "")]
+        self.assertEqual(warning["why"], "no answer within 0.5 s")
